@@ -73,3 +73,27 @@ def padded_batch(vocab_size: int, lengths: list[int], seed: int = 0) -> dict[str
         types[i, n // 2 : n] = 1
         ids[i, n:] = 0
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+@pytest.fixture(scope="session")
+def token_cache(tmp_path_factory) -> Path:
+    """One tokenisation cache for the whole test session (kept out of the user's ~/.cache)."""
+    return tmp_path_factory.mktemp("tokens")
+
+
+@pytest.fixture
+def small_run(data_dir, token_cache, tmp_path):
+    """A factory of quick run configs: the tiny encoder on a few hundred real rows per task."""
+    from mtbert.config import RunConfig
+
+    def make(**overrides):
+        base = {
+            "model.encoder": "tiny", "data.dir": str(data_dir), "data.cache_dir": str(token_cache),
+            "data.max_train_per_task": 160, "data.max_eval_per_task": 96, "data.max_length": 64,
+            "sampling.batch_size": 8, "train.max_steps": 8, "train.eval_every": 4,
+            "optim.lr": 1e-3, "heads.sst.hidden": [16], "heads.para.hidden": [16], "heads.sts.hidden": [16],
+            "train.out_dir": str(tmp_path / "run"),
+        }  # fmt: skip
+        return RunConfig().with_overrides({**base, **overrides})
+
+    return make

@@ -1,0 +1,163 @@
+"""Checkpoints: safetensors for tensors, JSON and YAML for everything else; nothing is pickled.
+
+Layout of a checkpoint directory:
+
+    encoder/            Hugging Face format: config.json, model.safetensors, tokenizer files
+                        (``transformers.BertModel.from_pretrained(<ckpt>/encoder)`` loads it)
+    heads.safetensors   the task heads
+    config.yaml         the full resolved run config (``mtbert-train`` accepts it)
+    metrics.json        dev metrics at save time, the step
+    state/              only in resumable checkpoints: optimizer, LR schedule, sampler, RNG
+                        (state.safetensors + state.json)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mtbert.config import ConfigError, RunConfig, load_config
+
+ENCODER_DIR = "encoder"
+HEADS_FILE = "heads.safetensors"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+STATE_DIR = "state"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message names the file and what was expected."""
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: Any,
+    tokenizer: Any,
+    config: RunConfig,
+    metrics: dict[str, Any],
+    state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint into ``directory`` atomically (a temporary sibling, then a rename), so an
+    interrupted save never leaves a half-written checkpoint where a good one was."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    enc = tmp / ENCODER_DIR
+    enc.mkdir(parents=True)
+    (enc / "config.json").write_text(json.dumps(model.encoder.config.to_hf(), indent=2))
+    save_file(_contiguous(model.encoder.state_dict()), str(enc / "model.safetensors"))
+    tokenizer.save_pretrained(str(enc))
+    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    save_file(_contiguous(heads), str(tmp / HEADS_FILE))
+    (tmp / CONFIG_FILE).write_text(config.to_yaml())
+    (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float))
+    if state is not None:
+        write_state(tmp / STATE_DIR, state)
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, RunConfig, dict]:
+    """``(model, tokenizer, config, metrics)`` from a checkpoint directory."""
+    from mtbert.model import build_model
+    from mtbert.pretrained import EncoderLoadError, load_encoder
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} does not exist")
+    for name in (CONFIG_FILE, HEADS_FILE, METRICS_FILE, ENCODER_DIR):
+        if not (directory / name).exists():
+            raise CheckpointError(f"{directory / name} is missing; a checkpoint holds {CONFIG_FILE}, {HEADS_FILE}, "
+                                  f"{METRICS_FILE} and {ENCODER_DIR}/")
+    try:
+        config = load_config(directory / CONFIG_FILE)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        encoder, tokenizer = load_encoder(str(directory / ENCODER_DIR))
+    except EncoderLoadError as e:
+        raise CheckpointError(str(e)) from None
+    model = build_model(config, encoder)
+    heads = _read_safetensors(directory / HEADS_FILE)
+    expected = {k for k in model.state_dict() if not k.startswith("encoder.")}
+    if set(heads) != expected:
+        missing, unexpected = sorted(expected - set(heads)), sorted(set(heads) - expected)
+        raise CheckpointError(
+            f"{directory / HEADS_FILE} does not fit the heads in {CONFIG_FILE}: missing {missing}, unexpected {unexpected}"
+        )
+    model.load_state_dict({**model.state_dict(), **heads})
+    try:
+        metrics = json.loads((directory / METRICS_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{directory / METRICS_FILE} is not valid JSON: {e}") from None
+    return model.to(device), tokenizer, config, metrics
+
+
+# ---- resumable training state: nested dicts/lists of tensors and plain values -------------------
+
+
+def write_state(directory: Path, state: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split(state, tensors, "")
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(_contiguous(tensors), str(directory / "state.safetensors"))
+    (directory / "state.json").write_text(json.dumps(skeleton))
+
+
+def read_state(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory) / STATE_DIR
+    if not (directory / "state.json").is_file():
+        raise CheckpointError(f"{directory / 'state.json'} is missing: the checkpoint was not saved for resuming")
+    tensors = _read_safetensors(directory / "state.safetensors")
+    try:
+        skeleton = json.loads((directory / "state.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{directory / 'state.json'} is not valid JSON: {e}") from None
+    return _join(skeleton, tensors)
+
+
+def _split(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().cpu()
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        # JSON keys are strings: remember which were ints (optimizer state is keyed by param index).
+        return {"__dict__": [[k, _split(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_split(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)], "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot save {type(obj).__name__} at {path or 'top level'} in a checkpoint")
+
+
+def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        return {k: _join(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, dict) and "__list__" in obj:
+        items = [_join(v, tensors) for v in obj["__list__"]]
+        return tuple(items) if obj["tuple"] else items
+    return obj
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # truncated, not safetensors at all (a pickle, say)
+        raise CheckpointError(f"{path} is not a readable safetensors file: {type(e).__name__}: {e}") from None
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage (tied weights, views).
+    return {k: v.detach().contiguous().clone() if not v.is_contiguous() else v.detach().clone() for k, v in tensors.items()}

@@ -1,0 +1,455 @@
+"""The run config: typed dataclasses, read from YAML, one flat dotted name per setting.
+
+``optim.lr`` names the same setting in the YAML file (``optim: {lr: ...}``), in ``--set optim.lr=1e-5``,
+in a search space, in TensorBoard tags and in an exported config. Everything a run needs is checked
+here, before any data or weights load: unknown keys (with "did you mean"), types, ranges, and names
+of plug-ins (heads, losses, schedules, gradient combiners).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+TASKS = ("sst", "para", "sts")
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the file, the dotted key, the value and what is allowed."""
+
+    def __init__(self, key: str, message: str, source: str | None = None):
+        self.key = key
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {message}")
+
+
+# ---- per-field checks, attached as dataclass field metadata -------------------------------------
+
+
+def check(default: Any, rule: Callable[[Any], str | None] | None = None, **kw: Any) -> Any:
+    """A dataclass field whose value must pass ``rule`` (which returns an error text or None)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"rule": rule}, **kw)
+    return field(default=default, metadata={"rule": rule}, **kw)
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def optional_positive(v: int | None) -> str | None:
+    return None if v is None or v > 0 else "must be > 0 or null"
+
+
+def in_range(lo: float, hi: float, hi_open: bool = False) -> Callable[[float], str | None]:
+    def rule(v: float) -> str | None:
+        ok = lo <= v < hi if hi_open else lo <= v <= hi
+        return None if ok else f"must be in [{lo}, {hi}{')' if hi_open else ']'}"
+
+    return rule
+
+
+def one_of(*choices: Any) -> Callable[[Any], str | None]:
+    def rule(v: Any) -> str | None:
+        return None if v in choices else f"must be one of: {', '.join(map(str, choices))}"
+
+    return rule
+
+
+def positive_list(v: list[int]) -> str | None:
+    return None if all(x > 0 for x in v) else "every size must be > 0"
+
+
+# ---- the sections ------------------------------------------------------------------------------
+
+
+@dataclass
+class PerTask:
+    """One number per task (sampling ratios, loss and gradient weights)."""
+
+    sst: float = check(1.0, non_negative)
+    para: float = check(1.0, non_negative)
+    sts: float = check(1.0, non_negative)
+
+
+@dataclass
+class PerTaskCount:
+    """One optional count per task (samples per epoch)."""
+
+    sst: int | None = check(None, optional_positive)
+    para: int | None = check(None, optional_positive)
+    sts: int | None = check(None, optional_positive)
+
+
+@dataclass
+class DataConfig:
+    dir: str | None = None  # else $MTBERT_DATA, else ./data
+    max_train_per_task: int | None = check(None, optional_positive)
+    max_eval_per_task: int | None = check(None, optional_positive)
+    max_length: int = check(128, in_range(8, 512))
+    pair_separator: str | None = None  # e.g. "[unused36]" between the two sentences (paper 000)
+    extra_sst: str | None = check(None, one_of(None, "polar", "mild"))  # CFIMDB as SST (paper 003)
+    cache_dir: str | None = None  # tokenised files; default $XDG_CACHE_HOME or ~/.cache, then mtbert/tokens
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "all-MiniLM-L6-v2"  # any load_encoder source: a directory, a hub name, "tiny"
+    freeze_depth: int = check(0, non_negative)
+    shared_pair_layer: bool = False  # one first layer shared by the para and sts heads (paper 003)
+
+
+def known_features(v: list[str]) -> str | None:
+    allowed = ("u", "v", "diff", "prod")
+    if not v or any(f not in allowed for f in v):
+        return f"must be a non-empty list of: {', '.join(allowed)}"
+    return None
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "mlp"
+    pooling: str = check("cls", one_of("cls", "pooler", "mean"))
+    hidden: list[int] = check([128], positive_list)
+    dropout: float = check(0.3, in_range(0.0, 1.0, hi_open=True))  # papers 000, 001, 003 settled on 0.3
+    # Pair tasks: "concat" ([CLS] A [SEP] B [SEP]) or "siamese" (each sentence alone); null takes the
+    # one the head reads (siamese and cosine heads: siamese; the others: concat).
+    pair_encoding: str | None = check(None, one_of(None, "concat", "siamese"))
+    features: list[str] = check(["u", "v", "diff", "prod"], known_features)  # siamese heads (paper 003)
+    bins: int = check(6, in_range(2, 100))  # sts "bins" head only (paper 004)
+
+
+@dataclass
+class HeadsConfig:
+    sst: HeadConfig = field(default_factory=lambda: HeadConfig(kind="mlp"))
+    para: HeadConfig = field(default_factory=lambda: HeadConfig(kind="concat"))
+    sts: HeadConfig = field(default_factory=lambda: HeadConfig(kind="regression"))
+
+
+@dataclass
+class LossConfig:
+    """A task's loss; each option is read only by the losses that have it."""
+
+    kind: str = "ce"
+    weight: float = check(1.0, non_negative)
+    label_smoothing: float = check(0.0, in_range(0.0, 1.0, hi_open=True))  # ce
+    bin_targets: str = check("soft", one_of("soft", "nearest"))  # ce on the sts bins head
+    scale: float = check(20.0, positive)  # mnr: softmax temperature on cosines
+    threshold: float = check(0.8, in_range(0.0, 1.0))  # mnr: positives are labels >= threshold * top label
+    low: float = check(-1.0, in_range(-1.0, 1.0, hi_open=True))  # cosine_mse: cosine target of label 0
+
+
+@dataclass
+class LossesConfig:
+    sst: LossConfig = field(default_factory=lambda: LossConfig(kind="ce"))
+    para: LossConfig = field(default_factory=lambda: LossConfig(kind="bce"))
+    sts: LossConfig = field(default_factory=lambda: LossConfig(kind="mse"))
+
+
+@dataclass
+class SamplingConfig:
+    schedule: str = "round_robin"
+    batch_size: int = check(32, positive)  # examples per task batch
+    alpha: float = check(0.5, in_range(0.0, 1.0))  # proportional: p_i ~ N_i^alpha
+    anneal_start: float = check(0.5, in_range(0.0, 1.0))  # annealed (paper 000): alpha cap
+    anneal_end: float = check(0.1, in_range(0.0, 1.0))  # annealed: alpha after the last epoch
+    mixed: bool = False  # proportional/annealed: tasks mixed within a batch instead of one per step
+    per_step: str = check("equal", one_of("equal", "proportional"))  # round_robin (paper 003's variant)
+    ratios: PerTask = field(default_factory=PerTask)  # ratios schedule (paper 002)
+    samples_per_epoch: PerTaskCount = field(default_factory=PerTaskCount)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = check(5e-5, positive)  # encoder learning rate
+    head_lr: float = check(1e-3, positive)
+    weight_decay: float = check(0.01, non_negative)
+    schedule: str = check("linear", one_of("constant", "linear", "slanted_triangular"))
+    warmup: float = check(0.1, in_range(0.0, 1.0))  # fraction of max_steps
+    clip_norm: float | None = check(1.0, optional_positive)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = check(1000, positive)
+    eval_every: int = check(200, positive)
+    seed: int = 0
+    patience: int | None = check(None, optional_positive)  # evaluations without improvement
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    bf16: bool = True  # autocast on CUDA; ignored on the CPU
+    out_dir: str = "runs/latest"
+
+
+@dataclass
+class GradConfig:
+    method: str = "sum"
+    weights: PerTask = field(default_factory=PerTask)
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    losses: LossesConfig = field(default_factory=LossesConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    grad: GradConfig = field(default_factory=GradConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"optim.lr": 5e-05, ...}``: every setting under its dotted name."""
+        return flatten(dataclasses.asdict(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> "RunConfig":
+        """A copy with dotted keys replaced; string values are read as YAML (``"1e-5"`` -> float)."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(data, key, parse_value(value) if isinstance(value, str) else value, source)
+        return from_dict(data, source)
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, section: bool = True) -> RunConfig:
+    """Read a run config from YAML (``yaml.safe_load`` only), apply ``--set`` overrides and validate.
+
+    Top-level sections other than the run's (a search space's ``search:`` and ``tune:``) are left to
+    their readers when ``section`` is true.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("file", f"{path} does not exist", None)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError("yaml", f"not valid YAML: {e}", str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("top level", f"must be a mapping of sections, got {type(data).__name__}", str(path))
+    if section:
+        data = {k: v for k, v in data.items() if k not in ("search", "tune")}
+    config = from_dict(data, str(path))
+    if overrides:
+        config = config.with_overrides(overrides)
+    return config
+
+
+def from_dict(data: dict[str, Any], source: str | None = None) -> RunConfig:
+    config = _build(RunConfig, data, "", source)
+    validate(config, source)
+    return config
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML scalars and lists (``1e-5``, ``true``, ``[128, 64]``, ``null``)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", f"{item!r} must look like KEY=VALUE, e.g. optim.lr=1e-5")
+        out[key.strip()] = value
+    return out
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def all_keys() -> list[str]:
+    return list(RunConfig().flat())
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, source: str | None) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(key, f"unknown setting{_did_you_mean(key, all_keys())}", source)
+        if i == len(parts) - 1:
+            if isinstance(node[part], dict) and not isinstance(value, dict):
+                raise ConfigError(key, f"is a section; set one of its keys ({', '.join(node[part])})", source)
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls: type, data: Any, prefix: str, source: str | None, base: Any = None) -> Any:
+    """``cls`` from a mapping; keys not given keep their value in ``base`` (by default, ``cls()``),
+    so a partial ``heads.para`` section keeps para's own default head kind."""
+    base = cls() if base is None else base
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"must be a mapping, got {_show(data)}", source)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            known = [f"{prefix}{n}" for n in names]
+            raise ConfigError(
+                full, f"unknown setting{_did_you_mean(full, known)}; allowed here: {', '.join(names)}", source
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, f"{full}.", source, getattr(base, key))
+        else:
+            values[key] = _coerce(value, hint, full, source)
+    obj = dataclasses.replace(base, **values)
+    for f in dataclasses.fields(cls):
+        rule = f.metadata.get("rule")
+        problem = rule(getattr(obj, f.name)) if rule else None
+        if problem:
+            raise ConfigError(f"{prefix}{f.name}", f"is {_show(getattr(obj, f.name))}, but {problem}", source)
+    return obj
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str | None) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, source)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"is {_show(value)}, but must be a list of {args[0].__name__}", source)
+        return [_coerce(v, args[0], key, source) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(key, f"is {_show(value)}, but must be {_type_name(hint)}", source)
+
+
+def _type_name(hint: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (str, int, float, bool, type(None), list)) else repr(value)
+
+
+# ---- cross-field checks ------------------------------------------------------------------------
+
+
+def validate(config: RunConfig, source: str | None = None) -> None:
+    """Checks that span several settings or need the plug-in registries and the encoder's shape."""
+    from mtbert import gradients, heads, losses, sampling
+
+    names: list[tuple[str, Any, Any]] = [
+        ("sampling.schedule", config.sampling.schedule, sampling.SCHEDULES),
+        ("grad.method", config.grad.method, gradients.COMBINERS),
+    ]
+    for task in TASKS:
+        names.append((f"heads.{task}.kind", getattr(config.heads, task).kind, heads.HEADS[task]))
+        names.append((f"losses.{task}.kind", getattr(config.losses, task).kind, losses.LOSSES))
+    for key, name, registry in names:
+        if name not in registry:
+            raise ConfigError(key, registry.unknown_message(name).replace(f"unknown {registry.key} ", "unknown "), source)
+    for task in TASKS:
+        head = getattr(config.heads, task)
+        problem = heads.compatibility(task, head, getattr(config.losses, task), head.pair_encoding)
+        if problem:
+            raise ConfigError(f"heads.{task}.kind", problem, source)
+    from mtbert.model import check_spec, head_specs, new_shared_layer
+
+    specs = head_specs(config)
+    for task, spec in specs.items():
+        try:
+            check_spec(task, heads.head_class(task, spec.kind), spec)
+        except ValueError as e:
+            raise ConfigError(f"heads.{task}", str(e), source) from None
+    if config.model.shared_pair_layer:
+        import torch
+
+        try:
+            new_shared_layer(specs, 8, torch.Generator())
+        except ValueError as e:
+            raise ConfigError("model.shared_pair_layer", str(e), source) from None
+    if config.sampling.schedule == "ratios" and not any(dataclasses.astuple(config.sampling.ratios)):
+        raise ConfigError("sampling.ratios", "are all zero, but at least one task needs a ratio > 0", source)
+    if config.train.eval_every > config.train.max_steps:
+        raise ConfigError(
+            "train.eval_every",
+            f"is {config.train.eval_every}, but must be <= train.max_steps ({config.train.max_steps})",
+            source,
+        )
+    layers = encoder_layers(config.model.encoder)
+    if layers is not None and config.model.freeze_depth > layers:
+        raise ConfigError(
+            "model.freeze_depth",
+            f"is {config.model.freeze_depth}, but {config.model.encoder!r} has {layers} layers "
+            f"(allowed: 0 to {layers}; {layers} trains the heads only)",
+            source,
+        )
+
+
+def encoder_layers(source: str) -> int | None:
+    """The encoder's layer count from its config.json alone (no weights), or None if unknown yet."""
+    from mtbert.pretrained import DEFAULT_ENCODER, TINY_ENCODER, TINY_SHAPE, EncoderLoadError, default_encoder_dir
+
+    if source == TINY_ENCODER:
+        return TINY_SHAPE["num_hidden_layers"]
+    try:
+        directory = default_encoder_dir() if source == DEFAULT_ENCODER else Path(source).expanduser()
+    except EncoderLoadError:
+        return None
+    config_file = directory / "config.json"
+    if config_file.is_file():
+        return int(json.loads(config_file.read_text()).get("num_hidden_layers", 12))
+    return None

@@ -1,0 +1,355 @@
+"""The training loop: one optimizer step at a time, as the sampling schedule plans it.
+
+Each step: the schedule says how many examples of each task the step holds; each task's stream
+hands over that many (length-bucketed, reshuffled every pass); the model computes one loss per
+task; the gradient combiner named by ``grad.method`` turns them into one update. Every
+``train.eval_every`` steps the dev sets are scored and ``on_eval(step, metrics, save)`` is called,
+where ``save(directory)`` writes a resumable checkpoint. The loop never prints.
+
+Dropout draws from torch's global generator: it is seeded from ``train.seed`` when a run starts and
+saved in resumable checkpoints, so N steps, a save, a resume and N more steps give the same
+weights as 2N steps in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from mtbert.checkpoint import read_state, save_checkpoint
+from mtbert.config import TASKS, RunConfig
+from mtbert.data import BucketBatchSampler, MalformedRow, TaskDataset, cfimdb_as_sst, load_task, resolve_data_dir, to_device
+from mtbert.evaluate import Scores, accuracy, confusion_matrix
+from mtbert.gradients import COMBINERS
+from mtbert.losses import LOSSES, LossSpec, build_loss
+from mtbert.model import MultiTaskModel, build_model
+from mtbert.optim import build_optimizer, build_scheduler
+from mtbert.sampling import build_schedule
+
+DATA_TASK = {"sst": "sst", "para": "quora", "sts": "sts"}  # run task -> course files
+EVAL_BATCH = 64
+
+OnEval = Callable[[int, dict[str, float], Callable[[Path], Path]], None]
+
+
+@dataclass
+class TaskData:
+    """Tokenised train and dev sets of every task: built once, shareable between runs."""
+
+    train: dict[str, TaskDataset]
+    dev: dict[str, TaskDataset]
+    cfimdb_dev: TaskDataset | None = None  # scored by the sst head when CFIMDB joins SST training
+
+    @property
+    def malformed(self) -> list[MalformedRow]:
+        return [row for sets in (self.train, self.dev) for ds in sets.values() for row in ds.malformed]
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]  # the best evaluation's dev metrics
+    best_step: int
+    steps: int
+    train_samples_per_s: float
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+    sst_confusion: list[list[int]] | None = None
+    checkpoint: Path | None = None
+
+
+def pair_encodings(config: RunConfig) -> dict[str, str]:
+    """How each task's files are tokenised: what its head reads ('single', 'concat', 'siamese')."""
+    from mtbert.heads import head_class
+
+    return {t: head_class(t, getattr(config.heads, t).kind).encoding for t in TASKS}
+
+
+def prepare_data(config: RunConfig, tokenizer: Any) -> TaskData:
+    """Read, tokenise (through the on-disk cache) and cap the train and dev files of every task."""
+    data_dir = resolve_data_dir(config.data.dir)
+    d = config.data
+    sets: dict[str, dict[str, TaskDataset]] = {"train": {}, "dev": {}}
+    for task, encoding in pair_encodings(config).items():
+        kw = dict(max_length=d.max_length, pair="siamese" if encoding == "siamese" else "concat",
+                  separator=d.pair_separator if task != "sst" else None, cache_dir=d.cache_dir,
+                  seed=config.train.seed)  # fmt: skip
+        for split, cap in (("train", d.max_train_per_task), ("dev", d.max_eval_per_task)):
+            sets[split][task] = load_task(data_dir, DATA_TASK[task], split, tokenizer, max_examples=cap, **kw)
+    if d.extra_sst:  # paper 003: CFIMDB reviews as extra SST training data
+        cfimdb = load_task(data_dir, "cfimdb", "train", tokenizer, max_length=d.max_length, cache_dir=d.cache_dir,
+                           max_examples=d.max_train_per_task, seed=config.train.seed)
+        mapped = TaskDataset(cfimdb_as_sst([cfimdb.examples[i] for i in cfimdb.indices], d.extra_sst),
+                             cfimdb.select().encoded, None, cfimdb.malformed)
+        sets["train"]["sst"] = sets["train"]["sst"] + mapped
+        cfimdb_dev = load_task(data_dir, "cfimdb", "dev", tokenizer, max_length=d.max_length, cache_dir=d.cache_dir,
+                               max_examples=d.max_eval_per_task, seed=config.train.seed)
+        return TaskData(train=sets["train"], dev=sets["dev"], cfimdb_dev=cfimdb_dev)
+    return TaskData(train=sets["train"], dev=sets["dev"])
+
+
+class TaskStream:
+    """Examples of one task in length-bucketed order, a fresh shuffle every pass; resumable from
+    ``(epoch, position)`` because each pass's order is drawn from its own seeded generator."""
+
+    def __init__(self, dataset: TaskDataset, batch_size: int, seed: int):
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._order_of(0)
+
+    def _order_of(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        sampler = BucketBatchSampler(self.dataset.lengths(), self.batch_size, generator=g)
+        return [i for batch in sampler for i in batch]
+
+    def take(self, n: int) -> dict[str, Any]:
+        picked: list[int] = []
+        while len(picked) < n:
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._order_of(self.epoch)
+            k = min(n - len(picked), len(self._order) - self.position)
+            picked += self._order[self.position : self.position + k]
+            self.position += k
+        return self.dataset.collate([self.dataset[i] for i in picked])
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._order_of(self.epoch)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_schedule_for(config: RunConfig, data: TaskData) -> Any:
+    s = config.sampling
+    sizes = {t: len(ds) for t, ds in data.train.items()}
+    settings: dict[str, Any] = {
+        "proportional": {"alpha": s.alpha, "mixed": s.mixed},
+        "annealed": {"anneal_start": s.anneal_start, "anneal_end": s.anneal_end, "mixed": s.mixed},
+        "round_robin": {"per_step": s.per_step},
+        "ratios": {"ratios": dataclasses.asdict(s.ratios)},
+        "samples_per_epoch": {"samples_per_epoch": dataclasses.asdict(s.samples_per_epoch)},
+    }.get(s.schedule, {})
+    if s.schedule == "annealed":  # its alpha falls over the run's epochs
+        probe = build_schedule("proportional", sizes, s.batch_size, seed=config.train.seed)
+        settings["max_epochs"] = max(1, math.ceil(config.train.max_steps / probe.steps_per_epoch))
+    return build_schedule(s.schedule, sizes, s.batch_size, seed=config.train.seed, **settings)
+
+
+@torch.inference_mode()
+def predict(model: MultiTaskModel, task: str, ds: TaskDataset, device: torch.device, bf16: bool = False) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
+    """(ids, predictions, gold labels or None) of a dataset in file order; batches sorted by length."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(ds)), key=ds.lengths().__getitem__)
+    ids, preds, golds = [], [], []
+    for start in range(0, len(order), EVAL_BATCH):
+        batch = ds.collate([ds[i] for i in order[start : start + EVAL_BATCH]])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = model.predict(task, to_device(batch, device))
+        ids += batch["ids"]
+        preds.append(pred.label.cpu())
+        golds.append(batch["labels"])
+    model.train(was_training)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))  # position of each example in sorted order
+    labels = None if any(g is None for g in golds) else torch.cat(golds)[back]
+    return [ids[i] for i in back.tolist()], torch.cat(preds)[back], labels
+
+
+def evaluate(model: MultiTaskModel, dev: dict[str, TaskDataset], device: torch.device, bf16: bool = False,
+             cfimdb: TaskDataset | None = None) -> tuple[dict[str, float], list[list[int]]]:
+    """Dev metrics of every task, and the SST confusion matrix; with ``cfimdb``, also the sst
+    head's accuracy on CFIMDB's binary labels (a class above the neutral 2 counts as positive)."""
+    pairs = {}
+    for task, ds in dev.items():
+        _, pred, gold = predict(model, task, ds, device, bf16)
+        pairs[task] = (pred.double().numpy(), gold.double().numpy())
+    metrics = Scores.compute(**pairs).as_dict()
+    if cfimdb is not None:
+        _, pred, gold = predict(model, "sst", cfimdb, device, bf16)
+        metrics["cfimdb_acc"] = accuracy((pred > 2).double().numpy(), gold.double().numpy())
+    return metrics, confusion_matrix(*pairs["sst"]).tolist()
+
+
+class Trainer:
+    """One run's model, optimizer, schedule and streams; ``run()`` trains it to the end."""
+
+    def __init__(self, config: RunConfig, model: MultiTaskModel, tokenizer: Any, data: TaskData):
+        self.config, self.model, self.tokenizer, self.data = config, model, tokenizer, data
+        self.device = resolve_device(config.train.device)
+        self.bf16 = config.train.bf16 and self.device.type == "cuda"
+        model.to(self.device)
+        seed = config.train.seed
+        torch.manual_seed(seed)  # dropout's generator; see the module docstring
+        self.schedule = build_schedule_for(config, data)
+        self.streams = {t: TaskStream(ds, config.sampling.batch_size, seed + i) for i, (t, ds) in enumerate(data.train.items())}
+        self.losses = {t: build_loss(t, model.head(t), loss_spec(config, t)) for t in TASKS}
+        self.optimizer = build_optimizer(model.encoder, model.head_parameters(), config.optim)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, config.train.max_steps)
+        self.combiner = COMBINERS.get(config.grad.method)(
+            config.grad, model.encoder_parameters(), torch.Generator().manual_seed(seed)
+        )
+        self.step = 0
+        self.best: dict[str, float] | None = None
+        self.best_step = 0
+        self.since_best = 0
+        self.history: list[dict[str, float]] = []
+        self.samples = 0
+        self.train_seconds = 0.0
+
+    # -- resumable state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "streams": {t: s.state_dict() for t, s in self.streams.items()},
+            "combiner_rng": self.combiner.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "best": self.best, "best_step": self.best_step, "since_best": self.since_best,
+            "history": self.history, "samples": self.samples, "train_seconds": self.train_seconds,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.schedule.load_state_dict(state["schedule"])
+        for t, s in self.streams.items():
+            s.load_state_dict(state["streams"][t])
+        self.combiner.generator.set_state(state["combiner_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.best, self.best_step, self.since_best = state["best"], state["best_step"], state["since_best"]
+        self.history, self.samples, self.train_seconds = state["history"], state["samples"], state["train_seconds"]
+
+    def save(self, directory: Path, metrics: dict[str, float] | None = None) -> Path:
+        if metrics is None:
+            metrics = self.history[-1] if self.history else {}
+        metrics = {**metrics, "step": self.step}
+        return save_checkpoint(directory, self.model, self.tokenizer, self.config, metrics, self.state_dict())
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        plan = self.schedule.plan(self.step)
+        self.model.train()
+        losses = {}
+        for task, n in plan.items():
+            batch = to_device(self.streams[task].take(n), self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.model(task, batch)
+            losses[task] = self.losses[task](out, batch["labels"])
+        diagnostics = self.combiner.backward(losses, dict(plan))
+        if self.config.optim.clip_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                           self.config.optim.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.samples += sum(plan.values())
+        values = {f"train_loss_{t}": v.item() for t, v in losses.items()}
+        if any(not math.isfinite(v) for v in values.values()):
+            raise FloatingPointError(f"a training loss is not finite at step {self.step}: {values}")
+        return {**values, **diagnostics}
+
+    def run(self, on_eval: OnEval | None = None, on_step: Callable[[int], None] | None = None,
+            checkpoint_dir: Path | None = None) -> TrainResult:
+        cfg = self.config.train
+        running: dict[str, list[float]] = {}
+        confusion = None
+        stopped_early = False
+        while self.step < cfg.max_steps:
+            start = time.perf_counter()
+            for k, v in self.train_step().items():
+                running.setdefault(k, []).append(v)
+            self.train_seconds += time.perf_counter() - start
+            if on_step:
+                on_step(self.step)
+            if self.step % cfg.eval_every and self.step != cfg.max_steps:
+                continue
+            dev, confusion_now = evaluate(self.model, self.data.dev, self.device, self.bf16, self.data.cfimdb_dev)
+            metrics = {
+                **dev, **{k: sum(v) / len(v) for k, v in running.items()},
+                "step": self.step, "epoch": self.schedule.epoch_of(self.step - 1),
+                "lr": self.scheduler.get_last_lr()[0],
+                "train_samples_per_s": self.samples / max(self.train_seconds, 1e-9),
+            }  # fmt: skip
+            running = {}
+            self.history.append(metrics)
+            if self.best is None or metrics["overall"] > self.best["overall"]:
+                self.best, self.best_step, self.since_best, confusion = metrics, self.step, 0, confusion_now
+                if checkpoint_dir:
+                    self.save(checkpoint_dir / "best", metrics)
+            else:
+                self.since_best += 1
+            if checkpoint_dir:
+                self.save(checkpoint_dir / "last", metrics)
+            if on_eval:
+                on_eval(self.step, metrics, lambda d, m=metrics: self.save(Path(d), m))
+            if cfg.patience and self.since_best >= cfg.patience:
+                stopped_early = True
+                break
+        assert self.best is not None
+        return TrainResult(
+            metrics=self.best, best_step=self.best_step, steps=self.step,
+            train_samples_per_s=self.samples / max(self.train_seconds, 1e-9), stopped_early=stopped_early,
+            history=self.history, sst_confusion=confusion,
+            checkpoint=checkpoint_dir / "best" if checkpoint_dir else None,
+        )  # fmt: skip
+
+
+def loss_spec(config: RunConfig, task: str) -> LossSpec:
+    """``losses.<task>`` as a ``LossSpec``, passing each loss only the options it has."""
+    cfg = getattr(config.losses, task)
+    options = {f.name for f in dataclasses.fields(LOSSES.get(cfg.kind))}
+    return LossSpec(cfg.kind, cfg.weight, {k: getattr(cfg, k) for k in options if hasattr(cfg, k)})
+
+
+def build_run(config: RunConfig, resume: str | Path | None = None) -> tuple[MultiTaskModel, Any]:
+    """The model and tokenizer a run starts from: fresh from ``model.encoder``, or a checkpoint's."""
+    from mtbert.checkpoint import load_checkpoint
+    from mtbert.pretrained import load_encoder
+
+    if resume:
+        model, tokenizer, _, _ = load_checkpoint(resume)
+        return model, tokenizer
+    encoder, tokenizer = load_encoder(config.model.encoder, seed=config.train.seed)
+    return build_model(config, encoder), tokenizer
+
+
+def train(
+    config: RunConfig,
+    *,
+    data: TaskData | None = None,
+    on_eval: OnEval | None = None,
+    on_step: Callable[[int], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+) -> TrainResult:
+    """Train as ``config`` says. ``data`` may be prepared once and shared between runs;
+    ``checkpoint_dir`` keeps ``best/`` and ``last/`` checkpoints; ``resume`` continues from a
+    checkpoint saved with its state."""
+    model, tokenizer = build_run(config, resume)
+    if data is None:
+        data = prepare_data(config, tokenizer)
+    trainer = Trainer(config, model, tokenizer, data)
+    if resume:
+        trainer.load_state_dict(read_state(resume))
+    return trainer.run(on_eval, on_step, Path(checkpoint_dir) if checkpoint_dir else None)
