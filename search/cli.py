@@ -11,7 +11,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mtbert-search",
         description=(
             "Search hyperparameters of multi-task BERT fine-tuning with Ray Tune, Optuna and ASHA. "
-            "Searches are not available in this release: this version ships the encoder and its weight loading."
+            "Searches are not available in this release; single runs train with mtbert-train."
         ),
     )
 
