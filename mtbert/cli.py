@@ -121,14 +121,19 @@ def train_main(args: argparse.Namespace) -> int:
     finally:
         if bar:
             bar.close()
-    full, confusion, predictions = final_evaluation(result.checkpoint, config, tokenizer, trainer.device)
+    selection = {k: result.metrics[k] for k in ("sst_acc", "para_acc", "para_f1", "sts_pearson", "sts_spearman", "overall")}
+    if config.train.final_eval:
+        full, confusion, predictions = final_evaluation(result.checkpoint, config, tokenizer, trainer.device)
+    else:
+        full, confusion, predictions = selection, result.sst_confusion, None
     summary = {
-        **full,  # the best checkpoint on the full dev sets
+        **full,  # the best checkpoint on the full dev sets (train.final_eval), else as selected
         "best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early,
         "train_samples_per_s": round(result.train_samples_per_s, 2),
-        "checkpoint": str(result.checkpoint), "predictions": str(predictions),
+        "checkpoint": str(result.checkpoint), "predictions": str(predictions) if predictions else None,
+        "dev": "full" if config.train.final_eval else "selection",
         # what chose the best step: evaluations on data.max_eval_per_task dev examples per task
-        "selection_metrics": {k: result.metrics[k] for k in full},
+        "selection_metrics": selection,
         "selection_dev_examples": {t: len(ds) for t, ds in data.dev.items()},
         "malformed_rows": len(data.malformed),
     }  # fmt: skip
@@ -174,12 +179,13 @@ def final_evaluation(checkpoint: Path, config, tokenizer, device) -> tuple[dict,
 
 def print_table(summary: dict, confusion: list[list[int]] | None) -> None:
     sel = summary["selection_metrics"]
+    first = "full dev" if summary["dev"] == "full" else "dev"
     rows = [
         ("sst", "accuracy", "sst_acc"), ("para (Quora)", "accuracy", "para_acc"), ("para (Quora)", "F1", "para_f1"),
         ("sts", "Pearson r", "sts_pearson"), ("sts", "Spearman rho", "sts_spearman"),
         ("overall", "(sst + para + (1 + r) / 2) / 3", "overall"),
     ]  # fmt: skip
-    print(f"{'task':14}{'metric':32}{'full dev':>10}{'selection':>11}")
+    print(f"{'task':14}{'metric':32}{first:>10}{'selection':>11}")
     for task, metric, key in rows:
         print(f"{task:14}{metric:32}{summary[key]:10.4f}{sel[key]:11.4f}")
     n = summary["selection_dev_examples"]
@@ -192,7 +198,8 @@ def print_table(summary: dict, confusion: list[list[int]] | None) -> None:
     print(f"best step {summary['best_step']} of {summary['steps']}; "
           f"{summary['train_samples_per_s']} training samples/s")
     print(f"checkpoint: {summary['checkpoint']}")
-    print(f"predictions: {summary['predictions']}")
+    if summary["predictions"]:
+        print(f"predictions: {summary['predictions']}")
 
 
 if __name__ == "__main__":

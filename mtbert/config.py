@@ -190,6 +190,9 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     bf16: bool = True  # autocast on CUDA; ignored on the CPU
     out_dir: str = "runs/latest"
+    # mtbert-train's last act: the best checkpoint on the full dev sets, plus dev and test prediction
+    # files (Quora dev alone is 20k pairs: about two minutes on a 2-core CPU); false for quick runs.
+    final_eval: bool = True
 
 
 @dataclass

@@ -47,7 +47,7 @@ def data_dir() -> Path:
     need(
         bool(path) and (Path(path) / "sts-dev.csv").is_file(),
         "the course data is missing: set MTBERT_DATA to a folder holding the course CSV files "
-        "(ids-sst-*.csv, quora-*.csv, sts-*.csv)",
+        "(ids-sst-*.csv, quora-*.csv, sts-*.csv); 'mtbert-train data fetch --dest data' downloads them",
     )
     return Path(path)
 

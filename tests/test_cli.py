@@ -43,6 +43,19 @@ def test_short_run_prints_json_and_writes_predictions(data_dir, token_cache, tmp
     sst_dev = (predictions / "sst-dev-output.csv").read_text().splitlines()
     assert sst_dev[0] == "id \t Predicted_Sentiment " and len(sst_dev) == 1 + 1101
     assert (predictions / "sts-test-output.csv").is_file()
+    assert result["dev"] == "full"
+
+
+def test_quick_run_without_final_evaluation(small_run, capsys):
+    config = small_run(**{"train.final_eval": False, "train.max_steps": 4, "train.eval_every": 2})
+    path = config.train.out_dir + ".yaml"
+    from pathlib import Path
+
+    Path(path).write_text(config.to_yaml())
+    assert main([path, "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dev"] == "selection" and result["predictions"] is None
+    assert result["overall"] == result["selection_metrics"]["overall"] and result["steps"] == 4
 
 
 @pytest.mark.parametrize("yaml_text, message", [
