@@ -1,17 +1,27 @@
 """mtbert: multi-task BERT fine-tuning (SST, Quora, STS) on a readable minBERT encoder.
 
 A plain PyTorch library: importing it loads neither Ray nor transformers.
+
+    from mtbert import load_config, train
+    result = train(load_config("configs/example.yaml"), on_eval=lambda step, metrics, save: ...)
 """
 
 from mtbert.bert import BertConfig, BertModel, EncoderOutput, mean_pool
+from mtbert.config import ConfigError, RunConfig, load_config
 from mtbert.pretrained import DEFAULT_ENCODER, EncoderLoadError, load_encoder
+from mtbert.trainer import TrainResult, train
 
 __all__ = [
     "DEFAULT_ENCODER",
     "BertConfig",
     "BertModel",
+    "ConfigError",
     "EncoderLoadError",
     "EncoderOutput",
+    "RunConfig",
+    "TrainResult",
+    "load_config",
     "load_encoder",
     "mean_pool",
+    "train",
 ]
