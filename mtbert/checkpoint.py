@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from mtbert.config import ConfigError, RunConfig, load_config
 
@@ -44,6 +43,8 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint into ``directory`` atomically (a temporary sibling, then a rename), so an
     interrupted save never leaves a half-written checkpoint where a good one was."""
+    from safetensors.torch import save_file
+
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
@@ -87,11 +88,14 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise CheckpointError(str(e)) from None
     model = build_model(config, encoder)
     heads = _read_safetensors(directory / HEADS_FILE)
-    expected = {k for k in model.state_dict() if not k.startswith("encoder.")}
-    if set(heads) != expected:
-        missing, unexpected = sorted(expected - set(heads)), sorted(set(heads) - expected)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    missing, unexpected = sorted(set(expected) - set(heads)), sorted(set(heads) - set(expected))
+    misshapen = [f"{k} is {list(heads[k].shape)}, expected {list(expected[k])}"
+                 for k in sorted(set(expected) & set(heads)) if tuple(heads[k].shape) != expected[k]]
+    if missing or unexpected or misshapen:
         raise CheckpointError(
-            f"{directory / HEADS_FILE} does not fit the heads in {CONFIG_FILE}: missing {missing}, unexpected {unexpected}"
+            f"{directory / HEADS_FILE} does not fit the heads in {CONFIG_FILE}: missing {missing}, "
+            f"unexpected {unexpected}, shape mismatch {misshapen}"
         )
     model.load_state_dict({**model.state_dict(), **heads})
     try:
@@ -105,6 +109,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
 
 def write_state(directory: Path, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(state, tensors, "")
     directory.mkdir(parents=True, exist_ok=True)
@@ -150,6 +156,8 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
