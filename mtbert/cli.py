@@ -150,22 +150,20 @@ def final_evaluation(checkpoint: Path, config, tokenizer, device) -> tuple[dict,
     """The best checkpoint on the full dev sets (metrics, SST confusion) and its dev and test
     predictions in the course's submission format, under ``<checkpoint>/predictions``."""
     from mtbert.checkpoint import load_checkpoint
-    from mtbert.data import DataError, load_task, resolve_data_dir
+    from mtbert.data import DataError, resolve_data_dir
     from mtbert.evaluate import Scores, confusion_matrix, prediction_filename
     from mtbert.evaluate import write_predictions as write_file
-    from mtbert.trainer import DATA_TASK, pair_encodings, predict
+    from mtbert.trainer import TASKS, load_split, predict
 
     model, _, _, _ = load_checkpoint(checkpoint, device)
     out = checkpoint / "predictions"
     out.mkdir(exist_ok=True)
     folder = resolve_data_dir(config.data.dir)
     pairs = {}
-    for task, encoding in pair_encodings(config).items():
+    for task in TASKS:
         for split in ("dev", "test"):
             try:
-                ds = load_task(folder, DATA_TASK[task], split, tokenizer, max_length=config.data.max_length,
-                               pair="siamese" if encoding == "siamese" else "concat", cache_dir=config.data.cache_dir,
-                               separator=config.data.pair_separator if task != "sst" else None)
+                ds = load_split(config, tokenizer, task, split, data_dir=folder)
             except DataError as e:  # e.g. no Quora test file in this data folder
                 print(f"no {task} {split} predictions: {e}", file=sys.stderr)
                 continue

@@ -24,7 +24,7 @@ STLR_RATIO = 32  # ULMFiT's ratio of the peak rate to the lowest
 
 def build_optimizer(encoder: nn.Module, heads: list[nn.Parameter], config: OptimConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
-    for name, p in encoder.named_parameters():
+    for p in encoder.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)  # biases and LayerNorm weights are 1-D
     groups = [

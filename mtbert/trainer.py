@@ -70,27 +70,34 @@ def pair_encodings(config: RunConfig) -> dict[str, str]:
     return {t: head_class(t, getattr(config.heads, t).kind).encoding for t in TASKS}
 
 
+def load_split(config: RunConfig, tokenizer: Any, task: str, split: str, max_examples: int | None = None,
+               data_dir: Path | None = None) -> TaskDataset:
+    """One task's file, tokenised the way its head reads it (through the on-disk cache)."""
+    d = config.data
+    encoding = pair_encodings(config)[task]
+    return load_task(
+        data_dir or resolve_data_dir(d.dir), DATA_TASK[task], split, tokenizer, max_length=d.max_length,
+        pair="siamese" if encoding == "siamese" else "concat", separator=d.pair_separator if task != "sst" else None,
+        cache_dir=d.cache_dir, max_examples=max_examples, seed=config.train.seed,
+    )  # fmt: skip
+
+
 def prepare_data(config: RunConfig, tokenizer: Any) -> TaskData:
-    """Read, tokenise (through the on-disk cache) and cap the train and dev files of every task."""
+    """Read, tokenise and cap the train and dev files of every task."""
     data_dir = resolve_data_dir(config.data.dir)
     d = config.data
-    sets: dict[str, dict[str, TaskDataset]] = {"train": {}, "dev": {}}
-    for task, encoding in pair_encodings(config).items():
-        kw = dict(max_length=d.max_length, pair="siamese" if encoding == "siamese" else "concat",
-                  separator=d.pair_separator if task != "sst" else None, cache_dir=d.cache_dir,
-                  seed=config.train.seed)  # fmt: skip
-        for split, cap in (("train", d.max_train_per_task), ("dev", d.max_eval_per_task)):
-            sets[split][task] = load_task(data_dir, DATA_TASK[task], split, tokenizer, max_examples=cap, **kw)
-    if d.extra_sst:  # paper 003: CFIMDB reviews as extra SST training data
-        cfimdb = load_task(data_dir, "cfimdb", "train", tokenizer, max_length=d.max_length, cache_dir=d.cache_dir,
-                           max_examples=d.max_train_per_task, seed=config.train.seed)
-        mapped = TaskDataset(cfimdb_as_sst([cfimdb.examples[i] for i in cfimdb.indices], d.extra_sst),
-                             cfimdb.select().encoded, None, cfimdb.malformed)
-        sets["train"]["sst"] = sets["train"]["sst"] + mapped
-        cfimdb_dev = load_task(data_dir, "cfimdb", "dev", tokenizer, max_length=d.max_length, cache_dir=d.cache_dir,
-                               max_examples=d.max_eval_per_task, seed=config.train.seed)
-        return TaskData(train=sets["train"], dev=sets["dev"], cfimdb_dev=cfimdb_dev)
-    return TaskData(train=sets["train"], dev=sets["dev"])
+    train = {t: load_split(config, tokenizer, t, "train", d.max_train_per_task, data_dir) for t in TASKS}
+    dev = {t: load_split(config, tokenizer, t, "dev", d.max_eval_per_task, data_dir) for t in TASKS}
+    if not d.extra_sst:
+        return TaskData(train=train, dev=dev)
+    # paper 003: CFIMDB reviews as extra SST training data, and its dev set scored by the sst head
+    cfimdb = {split: load_task(data_dir, "cfimdb", split, tokenizer, max_length=d.max_length, cache_dir=d.cache_dir,
+                               max_examples=cap, seed=config.train.seed)
+              for split, cap in (("train", d.max_train_per_task), ("dev", d.max_eval_per_task))}  # fmt: skip
+    extra = cfimdb["train"].select()
+    train["sst"] = train["sst"] + TaskDataset(cfimdb_as_sst(extra.examples, d.extra_sst), extra.encoded, None,
+                                              extra.malformed)
+    return TaskData(train=train, dev=dev, cfimdb_dev=cfimdb["dev"])
 
 
 class TaskStream:
