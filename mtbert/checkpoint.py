@@ -69,7 +69,7 @@ def save_checkpoint(
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, RunConfig, dict]:
     """``(model, tokenizer, config, metrics)`` from a checkpoint directory."""
     from mtbert.model import build_model
-    from mtbert.pretrained import EncoderLoadError, load_encoder
+    from mtbert.pretrained import EncoderLoadError, load_encoder, state_dict_problems
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -89,14 +89,9 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     model = build_model(config, encoder)
     heads = _read_safetensors(directory / HEADS_FILE)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-    missing, unexpected = sorted(set(expected) - set(heads)), sorted(set(heads) - set(expected))
-    misshapen = [f"{k} is {list(heads[k].shape)}, expected {list(expected[k])}"
-                 for k in sorted(set(expected) & set(heads)) if tuple(heads[k].shape) != expected[k]]
-    if missing or unexpected or misshapen:
-        raise CheckpointError(
-            f"{directory / HEADS_FILE} does not fit the heads in {CONFIG_FILE}: missing {missing}, "
-            f"unexpected {unexpected}, shape mismatch {misshapen}"
-        )
+    problems = state_dict_problems(expected, heads)
+    if problems:
+        raise CheckpointError(f"{directory / HEADS_FILE} does not fit the heads in {CONFIG_FILE}; " + "; ".join(problems))
     model.load_state_dict({**model.state_dict(), **heads})
     try:
         metrics = json.loads((directory / METRICS_FILE).read_text())
@@ -168,4 +163,4 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses shared or non-contiguous storage (tied weights, views).
-    return {k: v.detach().contiguous().clone() if not v.is_contiguous() else v.detach().clone() for k, v in tensors.items()}
+    return {k: v.detach().contiguous().clone() for k, v in tensors.items()}

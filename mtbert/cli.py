@@ -91,22 +91,15 @@ def train_main(args: argparse.Namespace) -> int:
     try:  # everything that can be wrong with the input is found before training starts
         config = load_config(args.config, parse_set(args.overrides))
         resolve_data_dir(config.data.dir)
-        from mtbert.trainer import build_run, prepare_data
+        from mtbert.trainer import start
 
-        model, tokenizer = build_run(config, args.resume)
-        data = prepare_data(config, tokenizer)
+        trainer = start(config, args.resume)
     except (ConfigError, DataError, EncoderLoadError, CheckpointError) as e:
         print(f"mtbert-train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    tokenizer, data = trainer.tokenizer, trainer.data
     for row in data.malformed:
         print(f"malformed row skipped: {row}", file=sys.stderr)
-
-    from mtbert.checkpoint import read_state
-    from mtbert.trainer import Trainer
-
-    trainer = Trainer(config, model, tokenizer, data)
-    if args.resume:
-        trainer.load_state_dict(read_state(args.resume))
     out_dir = Path(config.train.out_dir)
     bar = None
     if not args.no_progress:

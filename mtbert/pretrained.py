@@ -114,7 +114,15 @@ def check_state_dict(encoder: BertModel, state: dict[str, torch.Tensor], where: 
     """Strip a ``bert.`` prefix and ignorable keys, then require exactly the encoder's keys and shapes."""
     state = {k.removeprefix("bert."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)}
-    expected = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+    problems = state_dict_problems({k: tuple(v.shape) for k, v in encoder.state_dict().items()}, state)
+    if problems:
+        raise EncoderLoadError(f"weights in {where} do not fit the encoder in its config.json; " + "; ".join(problems))
+    return state
+
+
+def state_dict_problems(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state`` from loading where ``expected`` (key -> shape) is wanted: missing,
+    unexpected and misshapen keys with their shapes; empty when it fits exactly."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     misshapen = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
@@ -128,9 +136,7 @@ def check_state_dict(encoder: BertModel, state: dict[str, torch.Tensor], where: 
             "shape mismatch: "
             + ", ".join(f"{k} is {list(state[k].shape)}, expected {list(expected[k])}" for k in misshapen)
         )
-    if problems:
-        raise EncoderLoadError(f"weights in {where} do not fit the encoder in its config.json; " + "; ".join(problems))
-    return state
+    return problems
 
 
 def load_tokenizer(directory: Path) -> "PreTrainedTokenizerBase":

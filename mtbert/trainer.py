@@ -353,10 +353,15 @@ def train(
     """Train as ``config`` says. ``data`` may be prepared once and shared between runs;
     ``checkpoint_dir`` keeps ``best/`` and ``last/`` checkpoints; ``resume`` continues from a
     checkpoint saved with its state."""
+    trainer = start(config, resume, data)
+    return trainer.run(on_eval, on_step, Path(checkpoint_dir) if checkpoint_dir else None)
+
+
+def start(config: RunConfig, resume: str | Path | None = None, data: TaskData | None = None) -> Trainer:
+    """A trainer ready to run: model and tokenizer (fresh, or a checkpoint's with its optimizer,
+    schedule and RNG state), and the data (prepared here unless given)."""
     model, tokenizer = build_run(config, resume)
-    if data is None:
-        data = prepare_data(config, tokenizer)
-    trainer = Trainer(config, model, tokenizer, data)
+    trainer = Trainer(config, model, tokenizer, data or prepare_data(config, tokenizer))
     if resume:
         trainer.load_state_dict(read_state(resume))
-    return trainer.run(on_eval, on_step, Path(checkpoint_dir) if checkpoint_dir else None)
+    return trainer
