@@ -26,7 +26,7 @@ class ConfigError(ValueError):
     """A bad setting; the message names the file, the dotted key, the value and what is allowed."""
 
     def __init__(self, key: str, message: str, source: str | None = None):
-        self.key = key
+        self.key, self.message = key, message
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{key}: {message}")
 
@@ -198,7 +198,44 @@ class TrainConfig:
 @dataclass
 class GradConfig:
     method: str = "sum"
-    weights: PerTask = field(default_factory=PerTask)
+    weights: PerTask = field(default_factory=PerTask)  # weighted, pcgrad_weighted: per-task weights
+    # Every N steps, the cosine of each task pair's encoder gradients and the fraction of
+    # conflicting pairs (negative cosine) join the training metrics; 0 is off (no extra work).
+    diagnose_every: int = check(0, non_negative)
+    cagrad_c: float = check(0.5, in_range(0.0, 10.0))  # cagrad: radius of the ball around the mean gradient
+    gradvac_beta: float = check(0.01, in_range(0.0, 1.0))  # gradvac: EMA rate of the target similarities
+    uncertainty_lr: float | None = check(None, optional_positive)  # uncertainty: lr of the log-variances (null: optim.head_lr)
+
+
+PHASE_KINDS = ("mlm", "multitask", "specialist")
+# Settings a phase may change for itself (its ``set:``); the model's shape and the data stay fixed.
+PHASE_SECTIONS = ("sampling", "optim", "grad", "losses", "train.patience", "train.seed")
+
+
+@dataclass
+class PhaseConfig:
+    """One stage of a run. ``phases: [mlm, multitask, specialist]`` is the short form."""
+
+    kind: str = check("multitask", one_of(*PHASE_KINDS))
+    steps: int | None = check(None, optional_positive)  # null: train.max_steps (mlm: mlm.epochs decide)
+    lr: float | None = check(None, optional_positive)  # encoder lr; null: optim.lr (mlm: mlm.lr)
+    head_lr: float | None = check(None, optional_positive)  # null: optim.head_lr
+    eval_every: int | None = check(None, optional_positive)  # null: train.eval_every
+    # specialist only: train the re-initialised heads with the whole encoder frozen (paper 003)
+    heads_only: bool = False
+    set: dict = field(default_factory=dict)  # other dotted settings for this phase, e.g. sampling.ratios.sst: 0
+
+
+@dataclass
+class MlmConfig:
+    """Further masked-LM pre-training on the task training sentences (paper 000)."""
+
+    epochs: float = check(1.0, positive)
+    lr: float = check(5e-5, positive)
+    batch_size: int = check(32, positive)
+    mask_prob: float = check(0.15, in_range(0.0, 1.0, hi_open=True))
+    max_sentences: int | None = check(None, optional_positive)  # cap on the sentences used (a random subset)
+    warmup: float = check(0.06, in_range(0.0, 1.0))
 
 
 @dataclass
@@ -211,6 +248,9 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     grad: GradConfig = field(default_factory=GradConfig)
+    mlm: MlmConfig = field(default_factory=MlmConfig)
+    # The run's stages in order; empty means one multitask phase of train.max_steps.
+    phases: list[PhaseConfig] = field(default_factory=list)
 
     def flat(self) -> dict[str, Any]:
         """``{"optim.lr": 5e-05, ...}``: every setting under its dotted name."""
@@ -297,8 +337,21 @@ def all_keys() -> list[str]:
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, source: str | None) -> None:
     parts = key.split(".")
-    node = data
+    node: Any = data
     for i, part in enumerate(parts):
+        if isinstance(node, list):  # phases.1.steps
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(parts[:i])
+                allowed = f"must be 0 to {len(node) - 1}" if node else f"{where} is empty: give {where} first"
+                raise ConfigError(key, f"has index {part!r}, but {where} has {len(node)} item(s); {allowed}", source)
+            if i == len(parts) - 1:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if isinstance(node, dict) and part == "set" and "set" in node and "kind" in node and i < len(parts) - 1:
+            node[part] = {**node.get(part, {}), ".".join(parts[i + 1 :]): value}  # phases.0.set.optim.lr
+            return
         if not isinstance(node, dict) or part not in node:
             raise ConfigError(key, f"unknown setting{_did_you_mean(key, all_keys())}", source)
         if i == len(parts) - 1:
@@ -353,10 +406,18 @@ def _coerce(value: Any, hint: Any, key: str, source: str | None) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, source)
+    if origin is list and dataclasses.is_dataclass(args[0]):  # phases: a list of sections
+        if not isinstance(value, list):
+            raise ConfigError(key, f"is {_show(value)}, but must be a list, e.g. [multitask, specialist]", source)
+        return [_build_item(args[0], v, f"{key}.{i}", source) for i, v in enumerate(value)]
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(key, f"is {_show(value)}, but must be a list of {args[0].__name__}", source)
         return [_coerce(v, args[0], key, source) for v in value]
+    if hint is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise ConfigError(key, f"is {_show(value)}, but must be a mapping of dotted settings to values", source)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -377,6 +438,15 @@ def _coerce(value: Any, hint: Any, key: str, source: str | None) -> Any:
         if isinstance(value, str):
             return value
     raise ConfigError(key, f"is {_show(value)}, but must be {_type_name(hint)}", source)
+
+
+def _build_item(cls: type, value: Any, key: str, source: str | None) -> Any:
+    """One list item of sections; a bare name is short for ``{kind: name}``."""
+    if isinstance(value, str):
+        value = {"kind": value}
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    return _build(cls, value, f"{key}.", source)
 
 
 def _type_name(hint: Any) -> str:
@@ -432,6 +502,7 @@ def validate(config: RunConfig, source: str | None = None) -> None:
             f"is {config.train.eval_every}, but must be <= train.max_steps ({config.train.max_steps})",
             source,
         )
+    validate_phases(config, source)
     layers = encoder_layers(config.model.encoder)
     if layers is not None and config.model.freeze_depth > layers:
         raise ConfigError(
@@ -440,6 +511,59 @@ def validate(config: RunConfig, source: str | None = None) -> None:
             f"(allowed: 0 to {layers}; {layers} trains the heads only)",
             source,
         )
+
+
+def phase_config(config: RunConfig, index: int) -> RunConfig:
+    """The run config phase ``index`` trains with: its ``set:`` applied, its steps, learning rates
+    and evaluation interval in ``train``/``optim``, and no phases of its own."""
+    phase = config.phases[index]
+    data = config.to_dict()
+    data["phases"] = []
+    try:
+        for key, value in phase.set.items():
+            set_dotted(data, key, parse_value(value) if isinstance(value, str) else value, None)
+        t, o = data["train"], data["optim"]
+        t["max_steps"] = phase.steps or t["max_steps"]
+        t["eval_every"] = min(phase.eval_every or t["eval_every"], t["max_steps"])
+        o["lr"] = phase.lr or o["lr"]
+        o["head_lr"] = phase.head_lr or o["head_lr"]
+        return from_dict(data)
+    except ConfigError as e:  # a bad value in this phase's set: name it where the user wrote it
+        key = e.key if e.key.startswith("phases.") else f"phases.{index}.set.{e.key}"
+        raise ConfigError(key, e.message) from None
+
+
+def run_phases(config: RunConfig) -> list[PhaseConfig]:
+    """The phases a run goes through: ``phases``, or one multitask phase."""
+    return list(config.phases) or [PhaseConfig(kind="multitask")]
+
+
+def validate_phases(config: RunConfig, source: str | None) -> None:
+    kinds = [p.kind for p in config.phases]
+    if kinds and all(k == "mlm" for k in kinds):
+        raise ConfigError("phases", f"is {kinds}, but a run needs a multitask or specialist phase after mlm", source)
+    for i, kind in enumerate(kinds):
+        if kind == "mlm" and any(k != "mlm" for k in kinds[:i]):
+            raise ConfigError(f"phases.{i}.kind", f"is 'mlm' after {kinds[:i]}; mlm phases come first "
+                              "(fine-tuning starts from their encoder)", source)
+        if kind == "specialist" and i != len(kinds) - 1:
+            raise ConfigError(f"phases.{i}.kind", f"is 'specialist' in {kinds}, but the specialist phase must be "
+                              "the last (its model has one encoder per task)", source)
+    for i, phase in enumerate(config.phases):
+        if phase.heads_only and phase.kind != "specialist":
+            raise ConfigError(f"phases.{i}.heads_only", f"is true, but only a specialist phase trains heads alone "
+                              f"(this one is {phase.kind!r})", source)
+        for key in phase.set:
+            if not any(key == p or key.startswith(p + ".") for p in PHASE_SECTIONS):
+                raise ConfigError(f"phases.{i}.set.{key}", "cannot change per phase; a phase may set keys under: "
+                                  + ", ".join(PHASE_SECTIONS), source)
+        try:
+            phase_config(config, i)
+        except ConfigError as e:
+            raise ConfigError(e.key, e.message, source) from None
+        if phase.eval_every and phase.steps and phase.eval_every > phase.steps:
+            raise ConfigError(f"phases.{i}.eval_every", f"is {phase.eval_every}, but must be <= phases.{i}.steps "
+                              f"({phase.steps})", source)
 
 
 def encoder_layers(source: str) -> int | None:

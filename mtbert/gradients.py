@@ -7,10 +7,12 @@ others) register here under their own name and need no change to the trainer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from mtbert.config import GradConfig
+from mtbert.config import GradConfig, OptimConfig
 from mtbert.registry import Registry
 
 COMBINERS: Registry[type["Combiner"]] = Registry("grad.method")
@@ -28,15 +30,30 @@ class Combiner:
         self.shared = shared
         self.generator = generator
 
-    def backward(self, losses: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+    def backward(self, losses: dict[str, torch.Tensor], counts: dict[str, int],
+                 diagnose: bool = False) -> dict[str, float]:
+        """With ``diagnose``, the returned dict also holds the gradient-conflict figures of this
+        step (``grad_cos_<a>_<b>`` per task pair, ``grad_conflict_frac``)."""
         raise NotImplementedError
+
+    def param_groups(self, optim: OptimConfig) -> list[dict[str, Any]]:
+        """Optimizer parameter groups of the combiner's own learnable parameters (none by default)."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs besides the generator (running averages, learned weights)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 @COMBINERS.register("sum")
 class Sum(Combiner):
     """The plain multi-task gradient: that of the sum of the task losses."""
 
-    def backward(self, losses: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+    def backward(self, losses: dict[str, torch.Tensor], counts: dict[str, int],
+                 diagnose: bool = False) -> dict[str, float]:
         torch.stack(list(losses.values())).sum().backward()
         return {}
 
@@ -46,7 +63,8 @@ class Weighted(Combiner):
     """The gradient of sum_t w_t * L_t with ``grad.weights``, rescaled so the weights of the tasks
     present in the step sum to their number (the learning rate keeps its meaning)."""
 
-    def backward(self, losses: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+    def backward(self, losses: dict[str, torch.Tensor], counts: dict[str, int],
+                 diagnose: bool = False) -> dict[str, float]:
         w = {t: getattr(self.config.weights, t) for t in losses}
         total = sum(w.values())
         if total <= 0:

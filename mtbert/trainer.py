@@ -204,11 +204,13 @@ class Trainer:
         self.schedule = build_schedule_for(config, data)
         self.streams = {t: TaskStream(ds, config.sampling.batch_size, seed + i) for i, (t, ds) in enumerate(data.train.items())}
         self.losses = {t: build_loss(t, model.head(t), loss_spec(config, t)) for t in TASKS}
-        self.optimizer = build_optimizer(model.encoder, model.head_parameters(), config.optim)
-        self.scheduler = build_scheduler(self.optimizer, config.optim, config.train.max_steps)
         self.combiner = COMBINERS.get(config.grad.method)(
             config.grad, model.encoder_parameters(), torch.Generator().manual_seed(seed)
         )
+        self.optimizer = build_optimizer(model.encoder, model.head_parameters(), config.optim)
+        for group in self.combiner.param_groups(config.optim):  # e.g. uncertainty's log-variances
+            self.optimizer.add_param_group(group)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, config.train.max_steps)
         self.step = 0
         self.best: dict[str, float] | None = None
         self.best_step = 0
@@ -226,6 +228,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "streams": {t: s.state_dict() for t, s in self.streams.items()},
             "combiner_rng": self.combiner.generator.get_state(),
+            "combiner": self.combiner.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "best": self.best, "best_step": self.best_step, "since_best": self.since_best,
@@ -240,6 +243,7 @@ class Trainer:
         for t, s in self.streams.items():
             s.load_state_dict(state["streams"][t])
         self.combiner.generator.set_state(state["combiner_rng"])
+        self.combiner.load_state_dict(state.get("combiner", {}))
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -262,7 +266,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 out = self.model(task, batch)
             losses[task] = self.losses[task](out, batch["labels"])
-        diagnostics = self.combiner.backward(losses, dict(plan))
+        every = self.config.grad.diagnose_every
+        diagnostics = self.combiner.backward(losses, dict(plan), diagnose=bool(every) and (self.step + 1) % every == 0)
         if self.config.optim.clip_norm:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
                                            self.config.optim.clip_norm)
