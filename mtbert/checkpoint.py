@@ -9,6 +9,17 @@ Layout of a checkpoint directory:
     metrics.json        dev metrics at save time, the step
     state/              only in resumable checkpoints: optimizer, LR schedule, sampler, RNG
                         (state.safetensors + state.json)
+
+A model whose encoder is a ``TaskEncoders`` (``mtbert.merge``: per-task branches over a shared,
+frozen bottom) has, instead of ``encoder/``:
+
+    encoders/<task>/    each task's whole encoder in Hugging Face format, as ``encoder/`` above
+                        (``transformers.BertModel.from_pretrained(<ckpt>/encoders/sst)`` loads it);
+                        the shared bottom is repeated in every one
+    merged.json         {"shared_depth": k, "tasks": ["sst", "para", "sts"]}
+
+``load_checkpoint`` rebuilds it through ``merge_encoders``, which checks that the embeddings and
+the bottom ``k`` layers of every task are bit-identical, and shares them again as one set.
 """
 
 from __future__ import annotations
@@ -21,8 +32,11 @@ from typing import Any
 import torch
 
 from mtbert.config import ConfigError, RunConfig, load_config
+from mtbert.merge import TaskEncoders, merge_encoders
 
 ENCODER_DIR = "encoder"
+ENCODERS_DIR = "encoders"  # merged models: one encoder per task
+MERGED_FILE = "merged.json"
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -49,11 +63,14 @@ def save_checkpoint(
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    enc = tmp / ENCODER_DIR
-    enc.mkdir(parents=True)
-    (enc / "config.json").write_text(json.dumps(model.encoder.config.to_hf(), indent=2))
-    save_file(_contiguous(model.encoder.state_dict()), str(enc / "model.safetensors"))
-    tokenizer.save_pretrained(str(enc))
+    tmp.mkdir(parents=True)
+    if isinstance(model.encoder, TaskEncoders):
+        for task in model.encoder.tasks:
+            _save_encoder(tmp / ENCODERS_DIR / task, model.encoder.branch(task), tokenizer)
+        merged = {"shared_depth": model.encoder.shared_depth, "tasks": model.encoder.tasks}
+        (tmp / MERGED_FILE).write_text(json.dumps(merged, indent=2))
+    else:
+        _save_encoder(tmp / ENCODER_DIR, model.encoder, tokenizer)
     heads = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
     save_file(_contiguous(heads), str(tmp / HEADS_FILE))
     (tmp / CONFIG_FILE).write_text(config.to_yaml())
@@ -66,24 +83,38 @@ def save_checkpoint(
     return directory
 
 
+def _save_encoder(directory: Path, encoder: Any, tokenizer: Any) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(encoder.config.to_hf(), indent=2))
+    save_file(_contiguous(encoder.state_dict()), str(directory / "model.safetensors"))
+    tokenizer.save_pretrained(str(directory))
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, RunConfig, dict]:
     """``(model, tokenizer, config, metrics)`` from a checkpoint directory."""
-    from mtbert.model import build_model
+    from mtbert.model import build_model, head_specs
     from mtbert.pretrained import EncoderLoadError, load_encoder, state_dict_problems
 
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint {directory} does not exist")
-    for name in (CONFIG_FILE, HEADS_FILE, METRICS_FILE, ENCODER_DIR):
+    merged = (directory / MERGED_FILE).exists() or (directory / ENCODERS_DIR).exists()
+    for name in (CONFIG_FILE, HEADS_FILE, METRICS_FILE, MERGED_FILE if merged else ENCODER_DIR):
         if not (directory / name).exists():
             raise CheckpointError(f"{directory / name} is missing; a checkpoint holds {CONFIG_FILE}, {HEADS_FILE}, "
-                                  f"{METRICS_FILE} and {ENCODER_DIR}/")
+                                  f"{METRICS_FILE} and {ENCODER_DIR}/ (a merged model: {ENCODERS_DIR}/<task>/ "
+                                  f"and {MERGED_FILE})")
     try:
         config = load_config(directory / CONFIG_FILE)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
     try:
-        encoder, tokenizer = load_encoder(str(directory / ENCODER_DIR))
+        if merged:
+            encoder, tokenizer = _load_task_encoders(directory, list(head_specs(config)))
+        else:
+            encoder, tokenizer = load_encoder(str(directory / ENCODER_DIR))
     except EncoderLoadError as e:
         raise CheckpointError(str(e)) from None
     model = build_model(config, encoder)
@@ -98,6 +129,34 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{directory / METRICS_FILE} is not valid JSON: {e}") from None
     return model.to(device), tokenizer, config, metrics
+
+
+def _load_task_encoders(directory: Path, needed: list[str]) -> tuple[TaskEncoders, Any]:
+    """The ``TaskEncoders`` of a merged checkpoint, its bottom checked bit-identical across tasks."""
+    from mtbert.pretrained import load_encoder_dir, load_tokenizer
+
+    path = directory / MERGED_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    tasks = meta.get("tasks") if isinstance(meta, dict) else None
+    depth = meta.get("shared_depth") if isinstance(meta, dict) else None
+    if not isinstance(depth, int) or not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise CheckpointError(f'{path} holds {meta!r}, but must hold {{"shared_depth": <int>, "tasks": [<task>, ...]}}')
+    missing = [t for t in needed if t not in tasks]
+    if missing:
+        raise CheckpointError(f"{path} lists tasks {tasks}, but the heads in {CONFIG_FILE} also need: {', '.join(missing)}")
+    encoders = {}
+    for task in tasks:
+        if not (directory / ENCODERS_DIR / task).is_dir():
+            raise CheckpointError(f"{directory / ENCODERS_DIR / task} is missing; {MERGED_FILE} lists task {task!r}")
+        encoders[task] = load_encoder_dir(directory / ENCODERS_DIR / task)
+    try:
+        merged = merge_encoders(encoders, depth)
+    except ValueError as e:
+        raise CheckpointError(f"{directory / ENCODERS_DIR} cannot be merged as {MERGED_FILE} says: {e}") from None
+    return merged, load_tokenizer(directory / ENCODERS_DIR / tasks[0])
 
 
 # ---- resumable training state: nested dicts/lists of tensors and plain values -------------------

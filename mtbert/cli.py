@@ -10,6 +10,7 @@ Exit codes: 0 done, 2 bad input (config, data folder, encoder source), 1 failure
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -91,13 +92,13 @@ def train_main(args: argparse.Namespace) -> int:
     try:  # everything that can be wrong with the input is found before training starts
         config = load_config(args.config, parse_set(args.overrides))
         resolve_data_dir(config.data.dir)
-        from mtbert.trainer import start
+        from mtbert.trainer import open_run
 
-        trainer = start(config, args.resume)
+        run = open_run(config, args.resume)
     except (ConfigError, DataError, EncoderLoadError, CheckpointError) as e:
         print(f"mtbert-train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    tokenizer, data = trainer.tokenizer, trainer.data
+    tokenizer, data = run.tokenizer, run.data
     for row in data.malformed:
         print(f"malformed row skipped: {row}", file=sys.stderr)
     out_dir = Path(config.train.out_dir)
@@ -105,9 +106,9 @@ def train_main(args: argparse.Namespace) -> int:
     if not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.train.max_steps, initial=trainer.step, desc="training", unit="step", file=sys.stderr)
+        bar = tqdm(total=run.total_steps, initial=run.step, desc="training", unit="step", file=sys.stderr)
     try:
-        result = trainer.run(on_step=(lambda step: bar.update(1)) if bar else None, checkpoint_dir=out_dir)
+        result = run.run(on_step=(lambda step: bar.update(1)) if bar else None, checkpoint_dir=out_dir)
     except FloatingPointError as e:
         print(f"mtbert-train: training stopped: {e}", file=sys.stderr)
         return 1
@@ -116,7 +117,7 @@ def train_main(args: argparse.Namespace) -> int:
             bar.close()
     selection = {k: result.metrics[k] for k in ("sst_acc", "para_acc", "para_f1", "sts_pearson", "sts_spearman", "overall")}
     if config.train.final_eval:
-        full, confusion, predictions = final_evaluation(result.checkpoint, config, tokenizer, trainer.device)
+        full, confusion, predictions = final_evaluation(result.checkpoint, config, tokenizer, run.device)
     else:
         full, confusion, predictions = selection, result.sst_confusion, None
     summary = {
@@ -129,6 +130,9 @@ def train_main(args: argparse.Namespace) -> int:
         "selection_metrics": selection,
         "selection_dev_examples": {t: len(ds) for t, ds in data.dev.items()},
         "malformed_rows": len(data.malformed),
+        # gradient-conflict figures (grad.diagnose_every), averaged over the evaluations' intervals
+        "grad_conflict": grad_figures(result.history),
+        "mlm": [dataclasses.asdict(m) for m in run.mlm],
     }  # fmt: skip
     if args.json:
         print(json.dumps(summary))
@@ -137,6 +141,12 @@ def train_main(args: argparse.Namespace) -> int:
     if config.model.encoder == DEFAULT_ENCODER:
         print(QUORA_NOTE, file=sys.stderr)
     return 0
+
+
+def grad_figures(history: list[dict]) -> dict[str, float]:
+    """Each gradient-conflict figure's mean over the run's evaluations that have it."""
+    keys = sorted({k for m in history for k in m if k.startswith("grad_")})
+    return {k: round(sum(vals) / len(vals), 4) for k in keys if (vals := [m[k] for m in history if k in m])}
 
 
 def final_evaluation(checkpoint: Path, config, tokenizer, device) -> tuple[dict, list[list[int]], Path]:
@@ -186,6 +196,11 @@ def print_table(summary: dict, confusion: list[list[int]] | None) -> None:
         print("sst confusion (rows gold 0-4, columns predicted 0-4):")
         for row in confusion:
             print("  " + " ".join(f"{v:5d}" for v in row))
+    if summary["grad_conflict"]:
+        print("gradient conflict (mean over the run): "
+              + ", ".join(f"{k.removeprefix('grad_')} {v:+.3f}" for k, v in summary["grad_conflict"].items()))
+    for m in summary["mlm"]:
+        print(f"mlm: {m['steps']} steps, loss {m['first_loss']:.3f} -> {m['last_loss']:.3f}")
     print(f"best step {summary['best_step']} of {summary['steps']}; "
           f"{summary['train_samples_per_s']} training samples/s")
     print(f"checkpoint: {summary['checkpoint']}")

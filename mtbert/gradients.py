@@ -1,21 +1,59 @@
 """Gradient combiners: how the per-task losses of one step become one update.
 
 The trainer computes one loss per task and hands them to the combiner named by ``grad.method``;
-the combiner leaves the combined gradient in every parameter's ``.grad``. New methods (PCGrad and
-others) register here under their own name and need no change to the trainer.
+the combiner leaves the combined gradient in every parameter's ``.grad``. New methods register here
+(or in their own module, imported at the bottom) under their own name and need no change to the
+trainer. Head parameters are reached by their own task's loss only and keep its gradient.
+
+Per-task gradients of the shared encoder (for PCGrad and the other surgery methods, and for the
+conflict diagnostics of every combiner) cost no extra FLOPs: each task's loss depends only on its
+own batch, so one backward per task does the work of one backward of the sum. They land in one
+(rows, P) buffer allocated once per combiner: before each task's backward, every shared parameter's
+``.grad`` points at a view into that task's row, so autograd accumulates straight into the buffer.
+A combination is T coefficients computed from the T x T Gram matrix of the rows, mixed in place
+into row 0, and ``.grad`` then points at views of row 0: nothing of size P is copied per step.
+
+PCGrad: Yu et al., *Gradient Surgery for Multi-Task Learning*, NeurIPS 2020 (Algorithm 1).
+Sample-weighted PCGrad: Ang, *Multi-task BERT Fine-Tuning with Gradient Tricks* (paper 002).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from numbers import Integral
+from typing import Any, Mapping
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from mtbert.config import GradConfig, OptimConfig
+from mtbert.config import TASKS, GradConfig, OptimConfig, PerTask
 from mtbert.registry import Registry
 
 COMBINERS: Registry[type["Combiner"]] = Registry("grad.method")
+
+
+def task_order(losses: Mapping[str, Any]) -> list[str]:
+    """The tasks of a step in ``TASKS`` order (rows of the gradient buffer, diagnostic key names)."""
+    if not losses:
+        raise ValueError("losses is empty; a step needs the loss of at least one task")
+    unknown = [t for t in losses if t not in TASKS]
+    if unknown:
+        raise ValueError(f"losses has task {unknown[0]!r}, but tasks are: {', '.join(TASKS)}")
+    return [t for t in TASKS if t in losses]
+
+
+def conflict_diagnostics(tasks: list[str], gram: Tensor) -> dict[str, float]:
+    """``grad_cos_<a>_<b>`` of each task pair and ``grad_conflict_frac`` (the fraction of pairs with a
+    negative cosine), from the Gram matrix of the task gradients (rows in ``tasks`` order)."""
+    g = gram.double()
+    norm = g.diagonal().clamp_min(0).sqrt().tolist()
+    cos = {}
+    for i in range(len(tasks)):
+        for j in range(i + 1, len(tasks)):
+            denom = norm[i] * norm[j]  # a zero gradient (e.g. a task weighted 0) conflicts with nothing
+            cos[f"grad_cos_{tasks[i]}_{tasks[j]}"] = g[i, j].item() / denom if denom > 0 else 0.0
+    if not cos:
+        return {}
+    return {**cos, "grad_conflict_frac": sum(v < 0 for v in cos.values()) / len(cos)}
 
 
 class Combiner:
@@ -29,9 +67,10 @@ class Combiner:
         self.config = config
         self.shared = shared
         self.generator = generator
+        self._buffer: Tensor | None = None  # (rows, P) per-task gradients, allocated on first use
+        self._views: list[list[Tensor]] = []  # per buffer row: one view per shared parameter
 
-    def backward(self, losses: dict[str, torch.Tensor], counts: dict[str, int],
-                 diagnose: bool = False) -> dict[str, float]:
+    def backward(self, losses: dict[str, Tensor], counts: dict[str, int], diagnose: bool = False) -> dict[str, float]:
         """With ``diagnose``, the returned dict also holds the gradient-conflict figures of this
         step (``grad_cos_<a>_<b>`` per task pair, ``grad_conflict_frac``)."""
         raise NotImplementedError
@@ -47,15 +86,158 @@ class Combiner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    # -- shared machinery --------------------------------------------------------------------------
+    def task_gradients(self, losses: list[Tensor]) -> tuple[Tensor, list[bool]]:
+        """``(rows, reached)``: rows[i] (a view of the buffer, (T, P)) is the gradient of losses[i]
+        w.r.t. the shared parameters, flattened in ``shared`` order; reached[k] says whether any loss
+        reached shared[k]. Other parameters (heads) accumulate in their ``.grad`` as usual. Each loss
+        is backpropagated once (its graph freed), so the graphs must be disjoint, as the trainer's are."""
+        rows = self._rows(len(losses))
+        rows.zero_()
+        reached = [False] * len(self.shared)
+        # Unreached parameters (the pooler under cls pooling) must end with .grad None, as after one
+        # backward of the sum, or the optimizer would decay them; hooks record which were reached.
+        hooks = [p.register_post_accumulate_grad_hook(lambda _, k=k: reached.__setitem__(k, True))
+                 for k, p in enumerate(self.shared)]  # fmt: skip
+        try:
+            for i, loss in enumerate(losses):
+                for p, view in zip(self.shared, self._views[i]):
+                    p.grad = view  # autograd adds into it in place: no copy
+                loss.backward()
+        finally:
+            for h in hooks:
+                h.remove()
+        return rows, reached
+
+    def write_back(self, rows: Tensor, coefficients: Tensor, reached: list[bool]) -> None:
+        """Leave ``sum_i coefficients[i] * rows[i]`` in the shared parameters' ``.grad``; computed in
+        place in rows[0], which the next step's ``task_gradients`` zeroes again."""
+        c = coefficients.tolist()
+        out = rows[0]
+        if c[0] != 1.0:
+            out.mul_(c[0])
+        for i in range(1, len(c)):
+            out.add_(rows[i], alpha=c[i])
+        for p, view, hit in zip(self.shared, self._views[0], reached):
+            p.grad = view if hit else None
+
+    def backward_sum(self, terms: dict[str, Tensor], diagnose: bool) -> dict[str, float]:
+        """``.grad`` of the sum of ``terms`` (one scalar per task). Without ``diagnose`` that is one
+        backward of the sum; with it, one backward per task, so the diagnostics can be read."""
+        if not diagnose or len(terms) < 2:
+            torch.stack(list(terms.values())).sum().backward()
+            return {}
+        tasks = task_order(terms)
+        rows, reached = self.task_gradients([terms[t] for t in tasks])
+        stats = conflict_diagnostics(tasks, rows @ rows.T)
+        self.write_back(rows, torch.ones(len(tasks)), reached)
+        return stats
+
+    def _rows(self, n: int) -> Tensor:
+        if self._buffer is None or self._buffer.shape[0] < n:
+            kinds = {(p.dtype, p.device) for p in self.shared} or {(torch.float32, torch.device("cpu"))}
+            if len(kinds) > 1:
+                raise ValueError(f"the shared parameters mix dtypes/devices {sorted(map(str, kinds))}; "
+                                 f"grad.method {self.config.method!r} needs them all alike")
+            dtype, device = kinds.pop()
+            size = sum(p.numel() for p in self.shared)
+            self._buffer = torch.empty(max(n, len(TASKS)), size, dtype=dtype, device=device)
+            self._views = [[row[o : o + p.numel()].view_as(p) for p, o in self._offsets()] for row in self._buffer]
+        return self._buffer[:n]
+
+    def _offsets(self) -> list[tuple[nn.Parameter, int]]:
+        out, offset = [], 0
+        for p in self.shared:
+            out.append((p, offset))
+            offset += p.numel()
+        return out
+
+
+class Surgery(Combiner):
+    """Combiners that mix the per-task gradients of the shared parameters with T coefficients read
+    off their Gram matrix (``mix``); the heads keep their own task's gradient."""
+
+    def mix(self, tasks: list[str], counts: Mapping[str, int], gram: Tensor) -> Tensor:
+        """(T,) float64 coefficients of the update in terms of the task gradients (rows of ``gram``)."""
+        raise NotImplementedError
+
+    def backward(self, losses: dict[str, Tensor], counts: dict[str, int], diagnose: bool = False) -> dict[str, float]:
+        tasks = task_order(losses)
+        if len(tasks) == 1:  # nothing to project against: one plain backward, the shared part scaled
+            scale = self.mix(tasks, counts, torch.ones(1, 1, dtype=torch.float64)).item()
+            losses[tasks[0]].backward()
+            if scale != 1.0:
+                for p in self.shared:
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+            return {}
+        rows, reached = self.task_gradients([losses[t] for t in tasks])
+        gram = (rows @ rows.T).double()  # (T, T): all the projections need
+        stats = conflict_diagnostics(tasks, gram) if diagnose else {}
+        self.write_back(rows, self.mix(tasks, counts, gram), reached)
+        return stats
+
+
+def pcgrad_coefficients(gram: Tensor, generator: torch.Generator | None = None, weights: Tensor | None = None) -> Tensor:
+    """(T,) c with ``sum_j c_j g_j`` = the sum of the PCGrad-projected (weighted) task gradients.
+
+    Algorithm 1 of Yu et al.: for each task i in turn, g_i^PC starts as w_i g_i and, for every other
+    task j in a random order (``torch.randperm(T)`` per i, skipping i; index order without a
+    generator), loses its component along the original w_j g_j when the two conflict (negative dot).
+    g_i^PC stays a combination ``M[i] @ G`` of the original rows, so every dot product is
+    ``M[i] @ gram[:, j]``; the projection along w_j g_j does not depend on w_j > 0.
+    """
+    T = gram.shape[0]
+    A = gram.double()
+    w = torch.ones(T, dtype=torch.float64) if weights is None else weights.double()
+    M = torch.diag(w)  # row i: g_i^PC as coefficients of the original gradients
+    for i in range(T):
+        order = range(T) if generator is None else torch.randperm(T, generator=generator).tolist()
+        for j in order:
+            if j == i or w[j] <= 0 or A[j, j] <= 0:  # a zero gradient conflicts with nothing
+                continue
+            dot = M[i] @ A[:, j]
+            if dot < 0:
+                M[i, j] -= dot / A[j, j]
+    return M.sum(0)
+
+
+def project_conflicting(grads: Tensor, generator: torch.Generator | None = None, weights: Tensor | None = None) -> Tensor:
+    """PCGrad (Yu et al. 2020): the sum of the task gradients ``grads`` (T, P), each first scaled by
+    ``weights`` (T,) and projected onto the normal plane of every other original (scaled) task
+    gradient it conflicts with, in the order ``pcgrad_coefficients`` draws. Returns (P,)."""
+    if grads.ndim != 2 or grads.shape[0] < 1:
+        raise ValueError(f"grads has shape {tuple(grads.shape)}, but must be (T, P) with T >= 1 tasks")
+    if weights is not None:
+        if weights.shape != (grads.shape[0],) or not bool(torch.isfinite(weights).all() and (weights >= 0).all()):
+            raise ValueError(f"weights is {weights.tolist()}, but must be {grads.shape[0]} finite numbers >= 0, "
+                             "one per row of grads")
+    c = pcgrad_coefficients(grads @ grads.T, generator, weights)
+    return c.to(grads.dtype) @ grads
+
+
+def sample_weights(tasks: list[str], counts: Mapping[str, int], weights: PerTask) -> Tensor:
+    """(T,) w_i ∝ grad.weights[i] / n_i, rescaled so the weights of the tasks present sum to T."""
+    raw = []
+    for t in tasks:
+        n = counts.get(t)
+        if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+            raise ValueError(f"counts[{t!r}] is {n!r}, but grad.method 'pcgrad_weighted' needs every task "
+                             "of the step's number of examples, an integer >= 1")
+        raw.append(getattr(weights, t) / int(n))
+    total = sum(raw)
+    if total <= 0:
+        raise ValueError(f"grad.weights of the tasks in this step ({', '.join(tasks)}) are all zero; "
+                         "give at least one of them a weight > 0")
+    return torch.tensor(raw, dtype=torch.float64) * (len(tasks) / total)
+
 
 @COMBINERS.register("sum")
 class Sum(Combiner):
     """The plain multi-task gradient: that of the sum of the task losses."""
 
-    def backward(self, losses: dict[str, torch.Tensor], counts: dict[str, int],
-                 diagnose: bool = False) -> dict[str, float]:
-        torch.stack(list(losses.values())).sum().backward()
-        return {}
+    def backward(self, losses: dict[str, Tensor], counts: dict[str, int], diagnose: bool = False) -> dict[str, float]:
+        return self.backward_sum(losses, diagnose)
 
 
 @COMBINERS.register("weighted")
@@ -63,12 +245,44 @@ class Weighted(Combiner):
     """The gradient of sum_t w_t * L_t with ``grad.weights``, rescaled so the weights of the tasks
     present in the step sum to their number (the learning rate keeps its meaning)."""
 
-    def backward(self, losses: dict[str, torch.Tensor], counts: dict[str, int],
-                 diagnose: bool = False) -> dict[str, float]:
+    def backward(self, losses: dict[str, Tensor], counts: dict[str, int], diagnose: bool = False) -> dict[str, float]:
         w = {t: getattr(self.config.weights, t) for t in losses}
         total = sum(w.values())
         if total <= 0:
             raise ValueError(f"grad.weights of the tasks in this step ({', '.join(losses)}) are all zero")
         scale = len(losses) / total
-        torch.stack([loss * (w[t] * scale) for t, loss in losses.items()]).sum().backward()
-        return {}
+        return self.backward_sum({t: loss * (w[t] * scale) for t, loss in losses.items()}, diagnose)
+
+
+@COMBINERS.register("pcgrad")
+class PCGrad(Surgery):
+    """PCGrad (Yu et al. 2020) on the encoder; the order of the projections is drawn from the
+    combiner's seeded generator, so a run (and a resumed run) is reproducible."""
+
+    def mix(self, tasks: list[str], counts: Mapping[str, int], gram: Tensor) -> Tensor:
+        return pcgrad_coefficients(gram, self.generator)
+
+
+@COMBINERS.register("pcgrad_weighted")
+class PCGradWeighted(Surgery):
+    """Sample-weighted PCGrad (paper 002): each task gradient is scaled by w_i = 1/n_i, n_i the task's
+    examples in the step, times ``grad.weights``, before the PCGrad projections.
+
+    Normalisation. The paper writes w_i = 1/n_i and does not say how its losses were reduced. Our
+    task losses are already batch means, and w_i is applied to their gradients as written, so a task
+    with more examples in the step counts for less, as the paper intends ("proportionally scaling
+    down the gradients of tasks with more samples"). With equal counts the weights are equal, which
+    is the paper's remark that 1:1:1 is plain PCGrad. The weights of the tasks present are rescaled
+    to sum to T, as ``weighted`` does, so the update keeps plain PCGrad's scale and the learning rate
+    its meaning (1/n_i alone would shrink it by the batch size). Were the paper's losses sums over
+    the batch, 1/n_i would only turn them into the means we have: that reading is plain ``pcgrad``
+    (with ``grad.weights`` all 1).
+    """
+
+    def mix(self, tasks: list[str], counts: Mapping[str, int], gram: Tensor) -> Tensor:
+        return pcgrad_coefficients(gram, self.generator, sample_weights(tasks, counts, self.config.weights))
+
+
+# The other combiners live in their own modules and register on import; they import this module,
+# which is complete by now, so the cycle is harmless.
+from mtbert import cagrad, gradvac, uncertainty  # noqa: E402, F401

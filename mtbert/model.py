@@ -8,6 +8,10 @@ calls on B rows (dropout masks differ from two separate calls, nothing else does
 
 ``shared_pair_layer`` ties the first hidden layer of the para and sts heads into one module
 (paper 003): both heads must have hidden layers and the same first hidden size.
+
+The encoder may also be a ``TaskEncoders`` (``mtbert.merge``: one branch per task over a shared
+frozen bottom, papers 002-004): each task then runs on its own branch (``encoder_for``), and
+``encode_all`` runs the shared bottom once for all tasks.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from mtbert.bert import BertModel, EncoderOutput, mean_pool
 from mtbert.heads import (
     FEATURES, TASKS, Head, HeadOutput, HeadSpec, Pooled, Prediction, encoding_problem, head_class, new_linear,
 )
+from mtbert.merge import TaskEncoders
 from mtbert.registry import Registry
 
 if TYPE_CHECKING:
@@ -78,11 +83,14 @@ ENCODINGS.register("siamese")(
 class MultiTaskModel(nn.Module):
     """``heads`` maps task (sst, para, sts) -> ``HeadSpec``; head weights are drawn from ``seed``."""
 
-    def __init__(self, encoder: BertModel, heads: Mapping[str, HeadSpec], *, shared_pair_layer: bool = False,
-                 seed: int = 0):
+    def __init__(self, encoder: BertModel | TaskEncoders, heads: Mapping[str, HeadSpec], *,
+                 shared_pair_layer: bool = False, seed: int = 0):
         super().__init__()
         if not heads:
             raise ValueError(f"heads is empty; give a HeadSpec for at least one task of: {', '.join(TASKS)}")
+        if isinstance(encoder, TaskEncoders) and set(heads) - set(encoder.tasks):
+            raise ValueError(f"heads has tasks {', '.join(heads)}, but the encoder has branches only for: "
+                             f"{', '.join(encoder.tasks)}; every head needs a branch")
         self.encoder = encoder
         self.specs = dict(heads)
         generator = torch.Generator().manual_seed(seed)
@@ -117,16 +125,37 @@ class MultiTaskModel(nn.Module):
                 f"heads.{task}.kind {head.kind!r} reads pair encoding {head.encoding!r} batches with keys "
                 f"{', '.join(enc.keys)}; got keys {', '.join(batch)}"
             )
-        return head(enc.run(self.encoder, batch, POOLING.get(head.spec.pooling)))
+        return head(enc.run(self.encoder_for(task), batch, POOLING.get(head.spec.pooling)))
+
+    def encoder_for(self, task: str) -> BertModel:
+        """The encoder ``task`` runs on: the one shared encoder, or the task's own branch."""
+        self.head(task)
+        return self.encoder.branch(task) if isinstance(self.encoder, TaskEncoders) else self.encoder
+
+    def encode_all(self, batch: Mapping[str, Tensor], tasks: list[str] | None = None) -> dict[str, Tensor]:
+        """Every task's pooled (B, H) vector of a batch of single sentences, pooled as its head says,
+        with the encoder (or a ``TaskEncoders``' shared bottom) run once for all tasks (serving)."""
+        tasks = self.tasks if tasks is None else list(tasks)
+        for task in tasks:
+            self.head(task)
+        ids, mask, types = batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")
+        if isinstance(self.encoder, TaskEncoders):
+            outs = self.encoder.forward_all(ids, mask, types, tasks)
+        else:
+            outs = dict.fromkeys(tasks, self.encoder(ids, mask, types))
+        return {t: POOLING.get(self.heads[t].spec.pooling)(outs[t], mask) for t in tasks}
 
     @torch.no_grad()
     def predict(self, task: str, batch: Mapping[str, Any]) -> Prediction:
         """Predictions in label space, without autograd; train/eval mode is the caller's."""
         return self.head(task).predict(self(task, batch))
 
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        """The encoder's trainable parameters (frozen layers left out)."""
-        return list(self.encoder.trainable_parameters())
+    def encoder_parameters(self, task: str | None = None) -> list[nn.Parameter]:
+        """The encoder's trainable parameters (frozen layers left out); with ``task``, only those
+        that task's loss reaches (its branch, when the encoder is a ``TaskEncoders``)."""
+        if task is None:
+            return list(self.encoder.trainable_parameters())
+        return [p for p in self.encoder_for(task).parameters() if p.requires_grad]
 
     def head_parameters(self, task: str | None = None) -> list[nn.Parameter]:
         """The heads' parameters (one task's, or all, a shared layer once)."""
@@ -203,9 +232,11 @@ def head_specs(config: "RunConfig") -> dict[str, HeadSpec]:
     return specs
 
 
-def build_model(config: "RunConfig", encoder: BertModel) -> MultiTaskModel:
-    """The multi-task model a run config describes, with the encoder's bottom frozen as it says."""
-    encoder.freeze(config.model.freeze_depth)
+def build_model(config: "RunConfig", encoder: BertModel | TaskEncoders) -> MultiTaskModel:
+    """The multi-task model a run config describes, with the encoder's bottom frozen as it says.
+    A ``TaskEncoders`` keeps its own freezing: its shared bottom, ``shared_depth`` layers."""
+    if isinstance(encoder, BertModel):
+        encoder.freeze(config.model.freeze_depth)
     return MultiTaskModel(
         encoder, head_specs(config), shared_pair_layer=config.model.shared_pair_layer, seed=config.train.seed
     )

@@ -192,10 +192,18 @@ def evaluate(model: MultiTaskModel, dev: dict[str, TaskDataset], device: torch.d
 
 
 class Trainer:
-    """One run's model, optimizer, schedule and streams; ``run()`` trains it to the end."""
+    """One phase's model, optimizer, schedule and streams; ``run()`` trains it to the phase's end.
 
-    def __init__(self, config: RunConfig, model: MultiTaskModel, tokenizer: Any, data: TaskData):
+    ``config`` is the phase's config (``phase_config``); ``run_config`` the whole run's, written
+    into checkpoints so a resume knows every phase; ``offset`` counts the steps of earlier phases,
+    so the steps reported to ``on_eval`` and in metrics run on across phases.
+    """
+
+    def __init__(self, config: RunConfig, model: MultiTaskModel, tokenizer: Any, data: TaskData, *,
+                 run_config: RunConfig | None = None, phase: int = 0, offset: int = 0):
         self.config, self.model, self.tokenizer, self.data = config, model, tokenizer, data
+        self.run_config = run_config or config
+        self.phase, self.offset = phase, offset
         self.device = resolve_device(config.train.device)
         self.bf16 = config.train.bf16 and self.device.type == "cuda"
         model.to(self.device)
@@ -211,10 +219,17 @@ class Trainer:
         for group in self.combiner.param_groups(config.optim):  # e.g. uncertainty's log-variances
             self.optimizer.add_param_group(group)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.train.max_steps)
+        # Specialists (one encoder branch per task) share no trainable weights, so each is clipped
+        # alone, as if trained by itself; a shared encoder's gradient is clipped as one.
+        if hasattr(model.encoder, "task_parameters"):
+            self.clip_groups = [model.encoder.task_parameters(t) + model.head_parameters(t) for t in model.tasks]
+        else:
+            self.clip_groups = [[p for p in model.parameters() if p.requires_grad]]
         self.step = 0
         self.best: dict[str, float] | None = None
         self.best_step = 0
         self.since_best = 0
+        self.best_confusion: list[list[int]] | None = None
         self.history: list[dict[str, float]] = []
         self.samples = 0
         self.train_seconds = 0.0
@@ -222,7 +237,7 @@ class Trainer:
     # -- resumable state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step,
+            "step": self.step, "phase": self.phase, "offset": self.offset,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -253,8 +268,8 @@ class Trainer:
     def save(self, directory: Path, metrics: dict[str, float] | None = None) -> Path:
         if metrics is None:
             metrics = self.history[-1] if self.history else {}
-        metrics = {**metrics, "step": self.step}
-        return save_checkpoint(directory, self.model, self.tokenizer, self.config, metrics, self.state_dict())
+        metrics = {**metrics, "step": self.offset + self.step}
+        return save_checkpoint(directory, self.model, self.tokenizer, self.run_config, metrics, self.state_dict())
 
     # -- the loop --------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -269,8 +284,8 @@ class Trainer:
         every = self.config.grad.diagnose_every
         diagnostics = self.combiner.backward(losses, dict(plan), diagnose=bool(every) and (self.step + 1) % every == 0)
         if self.config.optim.clip_norm:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
-                                           self.config.optim.clip_norm)
+            for group in self.clip_groups:
+                torch.nn.utils.clip_grad_norm_([p for p in group if p.grad is not None], self.config.optim.clip_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -285,7 +300,6 @@ class Trainer:
             checkpoint_dir: Path | None = None) -> TrainResult:
         cfg = self.config.train
         running: dict[str, list[float]] = {}
-        confusion = None
         stopped_early = False
         while self.step < cfg.max_steps:
             start = time.perf_counter()
@@ -293,20 +307,21 @@ class Trainer:
                 running.setdefault(k, []).append(v)
             self.train_seconds += time.perf_counter() - start
             if on_step:
-                on_step(self.step)
+                on_step(self.offset + self.step)
             if self.step % cfg.eval_every and self.step != cfg.max_steps:
                 continue
             dev, confusion_now = evaluate(self.model, self.data.dev, self.device, self.bf16, self.data.cfimdb_dev)
             metrics = {
                 **dev, **{k: sum(v) / len(v) for k, v in running.items()},
-                "step": self.step, "epoch": self.schedule.epoch_of(self.step - 1),
+                "step": self.offset + self.step, "phase": self.phase, "epoch": self.schedule.epoch_of(self.step - 1),
                 "lr": self.scheduler.get_last_lr()[0],
                 "train_samples_per_s": self.samples / max(self.train_seconds, 1e-9),
             }  # fmt: skip
             running = {}
             self.history.append(metrics)
             if self.best is None or metrics["overall"] > self.best["overall"]:
-                self.best, self.best_step, self.since_best, confusion = metrics, self.step, 0, confusion_now
+                self.best, self.best_step, self.since_best = metrics, self.offset + self.step, 0
+                self.best_confusion = confusion_now
                 if checkpoint_dir:
                     self.save(checkpoint_dir / "best", metrics)
             else:
@@ -314,15 +329,15 @@ class Trainer:
             if checkpoint_dir:
                 self.save(checkpoint_dir / "last", metrics)
             if on_eval:
-                on_eval(self.step, metrics, lambda d, m=metrics: self.save(Path(d), m))
+                on_eval(self.offset + self.step, metrics, lambda d, m=metrics: self.save(Path(d), m))
             if cfg.patience and self.since_best >= cfg.patience:
                 stopped_early = True
                 break
         assert self.best is not None
         return TrainResult(
-            metrics=self.best, best_step=self.best_step, steps=self.step,
+            metrics=self.best, best_step=self.best_step, steps=self.offset + self.step,
             train_samples_per_s=self.samples / max(self.train_seconds, 1e-9), stopped_early=stopped_early,
-            history=self.history, sst_confusion=confusion,
+            history=self.history, sst_confusion=self.best_confusion,
             checkpoint=checkpoint_dir / "best" if checkpoint_dir else None,
         )  # fmt: skip
 
@@ -346,6 +361,97 @@ def build_run(config: RunConfig, resume: str | Path | None = None) -> tuple[Mult
     return build_model(config, encoder), tokenizer
 
 
+class Run:
+    """A whole run: its phases in order (``phases``, or one multitask phase), each a ``Trainer``
+    over the same model, with steps, the best evaluation and the history running on across them.
+
+    - ``mlm``: further masked-LM pre-training of the encoder on the task training sentences
+      (paper 000); no evaluations, so no checkpoints inside it;
+    - ``multitask``: the multi-task trainer with the phase's own steps, rates and ``set:``;
+    - ``specialist``: two-step fine-tuning's second step (paper 002): a copy of the encoder per task
+      with its head re-initialised, each trained on its own task; the bottom ``model.freeze_depth``
+      layers stay frozen and shared (paper 004), all of them with ``heads_only`` (paper 003).
+      Evaluations score each task with its specialist.
+    """
+
+    def __init__(self, config: RunConfig, model: MultiTaskModel, tokenizer: Any, data: TaskData,
+                 state: dict[str, Any] | None = None):
+        from mtbert.config import run_phases
+
+        self.config, self.model, self.tokenizer, self.data = config, model, tokenizer, data
+        self.phases = run_phases(config)
+        self.device = resolve_device(config.train.device)
+        self.state = state
+        self.phase = state.get("phase", 0) if state else 0
+        self.step = (state.get("offset", 0) + state["step"]) if state else 0
+        self.mlm: list[Any] = []  # MlmResult of each mlm phase run here
+
+    def phase_config(self, index: int) -> RunConfig:
+        from mtbert.config import phase_config
+
+        if not self.config.phases:
+            return self.config
+        cfg = phase_config(self.config, index)
+        if self.phases[index].kind == "specialist" and cfg.grad.method != "sum":
+            # the specialists share no trainable weight: every combiner would reduce to the sum
+            cfg = cfg.with_overrides({"grad.method": "sum"})
+        return cfg
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the multitask and specialist phases (what ``step`` counts)."""
+        return sum(self.phase_config(i).train.max_steps for i, p in enumerate(self.phases) if p.kind != "mlm")
+
+    def run(self, on_eval: OnEval | None = None, on_step: Callable[[int], None] | None = None,
+            checkpoint_dir: Path | None = None) -> TrainResult:
+        offset = self.state.get("offset", 0) if self.state else 0
+        best: Trainer | None = None
+        stopped_early = False
+        for index in range(self.phase, len(self.phases)):
+            phase = self.phases[index]
+            resumed = self.state is not None and index == self.phase
+            config = self.phase_config(index)
+            if phase.kind == "mlm":
+                self.mlm.append(self.pretrain(config, phase))
+                continue
+            if phase.kind == "specialist" and not resumed:
+                self.model = self.specialize(phase)
+            trainer = Trainer(config, self.model, self.tokenizer, self.data, run_config=self.config, phase=index,
+                              offset=offset)  # fmt: skip
+            if resumed:
+                trainer.load_state_dict(self.state)
+            elif best is not None:  # the best so far carries on: a phase saves "best" only to beat it
+                trainer.best, trainer.best_step, trainer.best_confusion = best.best, best.best_step, best.best_confusion
+                trainer.history = best.history
+            result = trainer.run(on_eval, on_step, checkpoint_dir)
+            stopped_early |= result.stopped_early
+            offset, self.step, best = result.steps, result.steps, trainer
+        assert best is not None, "a run has a multitask or specialist phase (config validation)"
+        return TrainResult(
+            metrics=best.best, best_step=best.best_step, steps=offset,
+            train_samples_per_s=result.train_samples_per_s, stopped_early=stopped_early, history=best.history,
+            sst_confusion=best.best_confusion, checkpoint=checkpoint_dir / "best" if checkpoint_dir else None,
+        )  # fmt: skip
+
+    def pretrain(self, config: RunConfig, phase: Any) -> Any:
+        from mtbert.mlm import further_pretrain, task_sentences
+
+        mlm = config.mlm
+        if phase.lr:
+            mlm = dataclasses.replace(mlm, lr=phase.lr)
+        self.model.to(self.device)
+        return further_pretrain(
+            self.model.encoder, self.tokenizer, task_sentences(self.data), mlm, max_length=config.data.max_length,
+            steps=phase.steps, seed=config.train.seed, device=self.device,
+        )  # fmt: skip
+
+    def specialize(self, phase: Any) -> MultiTaskModel:
+        from mtbert.merge import to_specialists
+
+        depth = self.model.encoder.num_layers if phase.heads_only else self.config.model.freeze_depth
+        return to_specialists(self.model, depth, seed=self.config.train.seed)
+
+
 def train(
     config: RunConfig,
     *,
@@ -355,18 +461,26 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: str | Path | None = None,
 ) -> TrainResult:
-    """Train as ``config`` says. ``data`` may be prepared once and shared between runs;
-    ``checkpoint_dir`` keeps ``best/`` and ``last/`` checkpoints; ``resume`` continues from a
-    checkpoint saved with its state."""
-    trainer = start(config, resume, data)
-    return trainer.run(on_eval, on_step, Path(checkpoint_dir) if checkpoint_dir else None)
+    """Train as ``config`` says, through all its phases. ``data`` may be prepared once and shared
+    between runs; ``checkpoint_dir`` keeps ``best/`` and ``last/`` checkpoints; ``resume``
+    continues from a checkpoint saved with its state."""
+    run = open_run(config, resume, data)
+    return run.run(on_eval, on_step, Path(checkpoint_dir) if checkpoint_dir else None)
+
+
+def open_run(config: RunConfig, resume: str | Path | None = None, data: TaskData | None = None) -> Run:
+    """A run ready to go: model and tokenizer (fresh, or a checkpoint's with the state of the phase
+    it was saved in), and the data (prepared here unless given)."""
+    model, tokenizer = build_run(config, resume)
+    return Run(config, model, tokenizer, data or prepare_data(config, tokenizer), read_state(resume) if resume else None)
 
 
 def start(config: RunConfig, resume: str | Path | None = None, data: TaskData | None = None) -> Trainer:
-    """A trainer ready to run: model and tokenizer (fresh, or a checkpoint's with its optimizer,
-    schedule and RNG state), and the data (prepared here unless given)."""
-    model, tokenizer = build_run(config, resume)
-    trainer = Trainer(config, model, tokenizer, data or prepare_data(config, tokenizer))
-    if resume:
-        trainer.load_state_dict(read_state(resume))
+    """The trainer of a one-phase run, ready to step (benchmarks and tests drive it directly)."""
+    if config.phases and len(config.phases) > 1:
+        raise ValueError(f"start() drives one phase; this config has {len(config.phases)}: use open_run()")
+    run = open_run(config, resume, data)
+    trainer = Trainer(run.phase_config(0), run.model, run.tokenizer, run.data, run_config=config)
+    if run.state:
+        trainer.load_state_dict(run.state)
     return trainer
