@@ -103,9 +103,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     merged = (directory / MERGED_FILE).exists() or (directory / ENCODERS_DIR).exists()
     for name in (CONFIG_FILE, HEADS_FILE, METRICS_FILE, MERGED_FILE if merged else ENCODER_DIR):
         if not (directory / name).exists():
-            raise CheckpointError(f"{directory / name} is missing; a checkpoint holds {CONFIG_FILE}, {HEADS_FILE}, "
-                                  f"{METRICS_FILE} and {ENCODER_DIR}/ (a merged model: {ENCODERS_DIR}/<task>/ "
-                                  f"and {MERGED_FILE})")
+            raise CheckpointError(
+                f"{directory / name} is missing; a checkpoint holds {CONFIG_FILE}, {HEADS_FILE}, {METRICS_FILE} "
+                f"and {ENCODER_DIR}/ (a merged model: {ENCODERS_DIR}/<task>/ and {MERGED_FILE} instead)"
+            )
     try:
         config = load_config(directory / CONFIG_FILE)
     except ConfigError as e:
@@ -146,7 +147,9 @@ def _load_task_encoders(directory: Path, needed: list[str]) -> tuple[TaskEncoder
         raise CheckpointError(f'{path} holds {meta!r}, but must hold {{"shared_depth": <int>, "tasks": [<task>, ...]}}')
     missing = [t for t in needed if t not in tasks]
     if missing:
-        raise CheckpointError(f"{path} lists tasks {tasks}, but the heads in {CONFIG_FILE} also need: {', '.join(missing)}")
+        raise CheckpointError(
+            f"{path} lists tasks {tasks}, but the heads in {CONFIG_FILE} also need: {', '.join(missing)}"
+        )
     encoders = {}
     for task in tasks:
         if not (directory / ENCODERS_DIR / task).is_dir():

@@ -4,14 +4,13 @@ Paper 000 (sections 2.3, 3.5, 4.4.6) further pre-trains BERT "within task" (Sun 
 before multi-task fine-tuning: the sentences of the SST, Quora and STS training sets, each pair
 split into its two sentences, with the masked-LM objective and masking of Devlin et al. (2019):
 15% of the tokens are chosen, of those 80% become [MASK], 10% a random token and 10% stay as they
-are, and the model predicts the original token at every chosen position. There, 3 epochs helped all
-three tasks and 18 or 40 epochs hurt them.
+are, and the model predicts the original token at every chosen position. There (Table 3), 3 epochs
+raised the dev overall score from 0.773 to 0.781; 18 and 40 epochs lowered it to 0.763 and 0.765.
 
 The MLM head is BERT's (``cls.predictions`` in Hugging Face checkpoints): dense + GELU + LayerNorm,
 then a decoder whose weight is the encoder's word-embedding matrix, plus a bias per token. It is
 built fresh for each call and thrown away at the end: only the encoder goes on to fine-tuning.
-Checkpoint ``cls.`` keys are never loaded (all-MiniLM-L6-v2 has none), so the transform always
-starts random.
+Checkpoint ``cls.`` keys are never loaded (all-MiniLM-L6-v2 has none): the transform starts random.
 
 Differences from paper 000: the learning rate warms up and then decays linearly (the paper used
 slanted triangular rates), and masked-token accuracy on a few held-out sentences stands in for its
@@ -44,8 +43,8 @@ if TYPE_CHECKING:  # transformers is heavy; the trainer pulls in the whole model
     from mtbert.trainer import TaskData
 
 IGNORE = -100  # label of positions that are not predicted (F.cross_entropy's ignore_index)
-WEIGHT_DECAY = 0.01  # Devlin et al. 2019
-CLIP_NORM = 1.0
+# Devlin et al. 2019's weight decay; the rate decays linearly after warm-up; gradients clipped at 1
+OPTIM = {"weight_decay": 0.01, "schedule": "linear", "clip_norm": 1.0}
 HELD_OUT = 128  # sentences kept out of training to score masked-token accuracy (at most a tenth)
 EVAL_BATCH = 64
 LOSS_WINDOW = 10  # steps averaged into MlmResult.first_loss and .last_loss
@@ -183,6 +182,8 @@ def further_pretrain(
     """
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps is {steps!r}, but must be a positive integer, or None to let mlm.epochs decide")
+    if not isinstance(held_out, int) or held_out < 0:
+        raise ValueError(f"held_out is {held_out!r}, but must be an integer >= 0 (0 scores nothing)")
     if max_length < 3:
         raise ValueError(f"max_length is {max_length}, but must be >= 3 ([CLS], a token, [SEP])")
     if tokenizer.mask_token_id is None:
@@ -201,13 +202,13 @@ def further_pretrain(
         raise ValueError(f"sentences hold no token to mask ({len(sentences)} given, e.g. {sentences[0]!r})")
     order = [usable[k] for k in torch.randperm(len(usable), generator=g).tolist()]
     n_eval = min(held_out, len(usable) // 10)
-    eval_rows, train_rows = sorted(order[:n_eval]), sorted(order[n_eval:])
+    eval_rows = sorted(order[:n_eval], key=lambda r: len(ids[r]))  # by length: little padding
+    train_rows = sorted(order[n_eval:])
     total = steps or math.ceil(config.epochs * len(train_rows) / config.batch_size)
 
     def masked_batch(rows: Sequence[int], gen: torch.Generator) -> tuple[Masked, torch.Tensor]:
-        input_ids, never, attention = collate(
-            [ids[r] for r in rows], [special[r] for r in rows], tokenizer.pad_token_id
-        )
+        rows_ids, rows_special = [ids[r] for r in rows], [special[r] for r in rows]
+        input_ids, never, attention = collate(rows_ids, rows_special, tokenizer.pad_token_id)
         masked = mask_tokens(input_ids, never, mask_prob=config.mask_prob, mask_token_id=tokenizer.mask_token_id,
                              vocab_size=encoder.config.vocab_size, generator=gen)  # fmt: skip
         return Masked(masked.inputs.to(device), masked.labels.to(device)), attention.to(device)
@@ -238,12 +239,11 @@ def further_pretrain(
         head = MlmHead(encoder, torch.Generator().manual_seed(seed)).to(device)
         # Fixed masks (their own generator), so before and after are scored on the same inputs.
         eval_gen = torch.Generator().manual_seed(seed + 1)
-        by_length = sorted(eval_rows, key=lambda r: len(ids[r]))
-        eval_batches = [masked_batch(by_length[i : i + EVAL_BATCH], eval_gen) for i in range(0, n_eval, EVAL_BATCH)]
+        eval_batches = [masked_batch(eval_rows[i : i + EVAL_BATCH], eval_gen) for i in range(0, n_eval, EVAL_BATCH)]
         loss_before, acc_before = score()
-        optim = OptimConfig(lr=config.lr, weight_decay=WEIGHT_DECAY, schedule="linear", warmup=config.warmup)
-        # One module over both, so the tied embedding matrix is handed to the optimizer once.
-        optimizer = build_optimizer(nn.ModuleList([encoder, head]), [], optim)
+        optim = OptimConfig(lr=config.lr, warmup=config.warmup, **OPTIM)
+        both = nn.ModuleList([encoder, head])  # its parameters() holds the tied embedding matrix once
+        optimizer = build_optimizer(both, [], optim)
         scheduler = build_scheduler(optimizer, optim, total)
         sampler = BucketBatchSampler([len(ids[r]) for r in train_rows], config.batch_size, generator=g)
         batches = itertools.chain.from_iterable(sampler for _ in itertools.count())  # a new shuffle each pass
@@ -255,7 +255,7 @@ def further_pretrain(
             start = time.perf_counter()
             loss, _ = loss_of(*masked_batch([train_rows[k] for k in picked], g))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in optimizer_params(optimizer) if p.grad is not None], CLIP_NORM)
+            torch.nn.utils.clip_grad_norm_([p for p in both.parameters() if p.grad is not None], optim.clip_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -277,10 +277,6 @@ def further_pretrain(
         samples_per_s=samples / max(seconds, 1e-9), sentences=len(train_rows), held_out=n_eval,
         accuracy_before=acc_before, accuracy_after=acc_after, eval_loss_before=loss_before, eval_loss_after=loss_after,
     )  # fmt: skip
-
-
-def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, sentences: list[str], max_length: int) -> tuple[list, list]:

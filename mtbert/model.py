@@ -83,14 +83,22 @@ ENCODINGS.register("siamese")(
 class MultiTaskModel(nn.Module):
     """``heads`` maps task (sst, para, sts) -> ``HeadSpec``; head weights are drawn from ``seed``."""
 
-    def __init__(self, encoder: BertModel | TaskEncoders, heads: Mapping[str, HeadSpec], *,
-                 shared_pair_layer: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        encoder: BertModel | TaskEncoders,
+        heads: Mapping[str, HeadSpec],
+        *,
+        shared_pair_layer: bool = False,
+        seed: int = 0,
+    ):
         super().__init__()
         if not heads:
             raise ValueError(f"heads is empty; give a HeadSpec for at least one task of: {', '.join(TASKS)}")
         if isinstance(encoder, TaskEncoders) and set(heads) - set(encoder.tasks):
-            raise ValueError(f"heads has tasks {', '.join(heads)}, but the encoder has branches only for: "
-                             f"{', '.join(encoder.tasks)}; every head needs a branch")
+            raise ValueError(
+                f"heads has tasks {', '.join(heads)}, but the encoder has branches only for: "
+                f"{', '.join(encoder.tasks)}; every head needs a branch"
+            )
         self.encoder = encoder
         self.specs = dict(heads)
         generator = torch.Generator().manual_seed(seed)

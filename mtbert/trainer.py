@@ -442,7 +442,7 @@ class Run:
         self.model.to(self.device)
         return further_pretrain(
             self.model.encoder, self.tokenizer, task_sentences(self.data), mlm, max_length=config.data.max_length,
-            steps=phase.steps, seed=config.train.seed, device=self.device,
+            steps=phase.steps, seed=config.train.seed, device=self.device, bf16=config.train.bf16,
         )  # fmt: skip
 
     def specialize(self, phase: Any) -> MultiTaskModel:
