@@ -133,6 +133,7 @@ def train_main(args: argparse.Namespace) -> int:
         # gradient-conflict figures (grad.diagnose_every), averaged over the evaluations' intervals
         "grad_conflict": grad_figures(result.history),
         "mlm": [dataclasses.asdict(m) for m in run.mlm],
+        "merged": merged_serving(run),
     }  # fmt: skip
     if args.json:
         print(json.dumps(summary))
@@ -141,6 +142,18 @@ def train_main(args: argparse.Namespace) -> int:
     if config.model.encoder == DEFAULT_ENCODER:
         print(QUORA_NOTE, file=sys.stderr)
     return 0
+
+
+def merged_serving(run) -> dict | None:
+    """After a specialist phase: the merged model's compute against running one model per task,
+    for the SST dev sentences at their own lengths (paper 004)."""
+    from mtbert.merge import TaskEncoders, compute_report
+
+    if not isinstance(run.model.encoder, TaskEncoders):
+        return None
+    report = compute_report(run.model.encoder, run.data.dev["sst"].lengths())
+    return {"shared_depth": report.shared_depth, "layers": report.num_layers, "saved": round(report.saved, 4),
+            "text": str(report)}
 
 
 def grad_figures(history: list[dict]) -> dict[str, float]:
@@ -199,6 +212,8 @@ def print_table(summary: dict, confusion: list[list[int]] | None) -> None:
     if summary["grad_conflict"]:
         print("gradient conflict (mean over the run): "
               + ", ".join(f"{k.removeprefix('grad_')} {v:+.3f}" for k, v in summary["grad_conflict"].items()))
+    if summary["merged"]:
+        print(f"merged serving (specialists sharing the frozen bottom): {summary['merged']['text']}")
     for m in summary["mlm"]:
         print(f"mlm: {m['steps']} steps, loss {m['first_loss']:.3f} -> {m['last_loss']:.3f}")
     print(f"best step {summary['best_step']} of {summary['steps']}; "
