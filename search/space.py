@@ -1,0 +1,423 @@
+"""Search spaces: one YAML file holds a base run config, a ``search:`` section and ``tune:`` settings.
+
+    space = load_space("spaces/pcgrad.yaml", {"tune.num_samples": "4"}, profile="cpu")
+    OptunaSearch(space=space.define_by_run, ...)      # suggests the active dimensions by dotted key
+    config = space.config_for(trial_params)            # the trial's validated RunConfig
+
+Everything that can be wrong with a space is found here, before Ray starts or any folder exists:
+the base run config (``mtbert.config``'s checks), the dimensions' format and conditions
+(``search.dimensions``), the tune settings (``search.settings``), and what the dimensions do to the
+run (``search.checks``): each dimension's extreme values (both ends of a range, every choice), and
+those of each pair of choice and int dimensions, are applied to the base and validated as a run
+config, with the dimensions they depend on or switch on set accordingly. A bad value fails as one
+``SpaceError`` naming the file, the key path and what is allowed.
+
+Layers, each checked where it was written: the file, then the profile (``tune.profiles.<name>``:
+tune values, ``set:`` run values, ``search:`` dimensions), then ``smoke``, then ``--set``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtbert.config import ConfigError, RunConfig, encoder_layers, from_dict, parse_value, set_dotted
+from search.checks import (
+    apply,
+    check_dimensions,
+    check_ratio_grid,
+    check_search_key,
+    evaluations,
+    run_key_problem,
+    value_at,
+)
+from search.dimensions import Dimension, order, parse_search
+from search.errors import SpaceError, did_you_mean, show
+from search.settings import FIELDS, TuneLayers, TuneSettings, build_settings, check_key, read_tune
+
+__all__ = ["Dimension", "Space", "SpaceError", "TuneSettings", "detect_profile", "evaluations", "load_space"]
+
+# --smoke: the whole pipeline in about a minute on a laptop. Tune values go in before --set, so
+# "--smoke --set tune.num_samples=2" still gets 2 trials.
+SMOKE_RUN = {
+    "model.encoder": "tiny", "data.max_train_per_task": 256, "data.max_eval_per_task": 64,
+    "data.max_length": 64, "sampling.batch_size": 8, "train.max_steps": 8, "train.eval_every": 2,
+    "train.final_eval": False, "mlm.max_sentences": 256, "mlm.batch_size": 8,
+}  # fmt: skip
+SMOKE_PHASE_STEPS = {"mlm": 2, "multitask": 8, "specialist": 8}
+SMOKE_TUNE = {
+    "num_samples": 4, "max_concurrent": 2, "cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1,
+    "reduction_factor": 2, "max_t": None, "eval_subset": 64, "final_eval": "none", "time_budget_s": 600,
+}  # fmt: skip
+_PHASE_LENGTH = re.compile(r"^phases\.\d+\.(steps|eval_every)$")
+
+
+@dataclass
+class Space:
+    path: Path
+    base: RunConfig  # what every trial starts from: the file's run config after profile, smoke and --set
+    dimensions: list[Dimension]  # conditions before the dimensions they guard
+    tune: TuneSettings  # merged and checked; max_t, name and storage_path filled in
+    profile: str  # the profile asked for or detected ("cpu", "gpu" or one the file names)
+    smoke: bool = False
+    notes: list[str] = field(default_factory=list)  # human lines for the CLI to print first
+    max_evals: int = field(default=1, repr=False)
+    max_steps: int = field(default=1, repr=False)
+
+    def define_by_run(self, trial: Any) -> None:
+        """For ``OptunaSearch(space=...)``: suggest every active dimension, named by its key."""
+        values: dict[str, Any] = {}
+        for d in self.dimensions:
+            if d.key not in values and d.active(values):
+                values[d.key] = d.suggest(trial)
+
+    def chosen(self, params: dict[str, Any]) -> list[tuple[Dimension, Any]]:
+        """The active dimensions and their real values; ``params`` is keyed by parameter name (as
+        suggested) or by dotted key (as ``decode`` gives). A dimension left out keeps the base value."""
+        values: dict[str, Any] = {}
+        out = []
+        for d in self.dimensions:
+            if d.key in values or not d.active(values):
+                continue
+            name = d.name if d.name in params else d.key
+            if name not in params:
+                continue
+            values[d.key] = d.decode(params[name])
+            out.append((d, values[d.key]))
+        return out
+
+    def decode(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``{dotted key: real value}`` of the active dimensions, for display and export."""
+        return {d.key: value for d, value in self.chosen(params)}
+
+    def config_for(self, params: dict[str, Any]) -> RunConfig:
+        """The base with the sampled values, validated; dimensions whose condition is unmet are ignored."""
+        chosen = self.chosen(params)
+        try:
+            config = apply(self.base, chosen)
+            return shrink(config) if self.smoke else config
+        except ConfigError as e:
+            raise SpaceError(self.path, e.key, f"{e.message} (trial values: {self.decode(params)})") from None
+
+    def max_evaluations(self) -> int:
+        """Evaluations the longest trial reports (ASHA's max_t unless tune.max_t says otherwise)."""
+        return self.max_evals
+
+
+def detect_profile() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def load_space(
+    path: str | Path, overrides: dict[str, str] | None = None, *, profile: str | None = None, smoke: bool = False
+) -> Space:
+    """Read, merge (file, profile, smoke, ``overrides``) and check a space file; see the module doc."""
+    path = Path(path)
+    raw = _read(path)
+    base = _run_config({k: v for k, v in raw.items() if k not in ("search", "tune")}, path)
+    layers, profiles = read_tune(raw.get("tune"), path)
+    entries = _search_entries(raw.get("search"), path)
+    name, chosen_profile = _choose_profile(profiles, profile, path)
+    if chosen_profile is not None:
+        where = f"tune.profiles.{name}"
+        layers.update({k: v for k, v in chosen_profile.items() if k not in ("set", "search")}, where)
+        base = _override(base, chosen_profile.get("set", {}), path, f"{where}.set")
+        _merge_search(entries, chosen_profile.get("search", {}), f"{where}.search", path)
+    pinned: dict[str, str] = {}  # key -> why its dimension is not searched
+    if smoke:
+        layers.update(SMOKE_TUNE, "smoke")
+        base = shrink(base)
+    base = _apply_set(overrides or {}, base, layers, entries, pinned, path)
+    if smoke:
+        pinned.update({k: "smoke" for k in entries if k not in pinned and (k in SMOKE_RUN or _PHASE_LENGTH.match(k))})
+    for key, (spec, origin) in entries.items():
+        check_search_key(key, spec, f"{origin}.{key}", path)
+    dims = order(parse_search(entries, path), path)
+    dims = _pin(dims, pinned, base, smoke)
+    check_ratio_grid(dims, path)
+    settings = build_settings(layers, path, extra_sst=base.data.extra_sst is not None)
+    base = _settings_into_run(base, settings, path)
+    max_evals, max_steps = check_dimensions(path, base, dims)
+    settings = _finish_settings(settings, layers, max_evals, path, smoke)
+    space = Space(path, base, dims, settings, name, smoke, max_evals=max_evals, max_steps=max_steps)
+    space.notes = _notes(space, chosen_profile is not None, profile is not None, pinned)
+    return space
+
+
+# ---- the run config ----------------------------------------------------------------------------
+
+
+def shrink(config: RunConfig) -> RunConfig:
+    """The smoke-test version of a run: tiny encoder, a few rows and steps, every phase short."""
+    data = config.to_dict()
+    for key, value in SMOKE_RUN.items():
+        set_dotted(data, key, value, None)
+    data["model"]["freeze_depth"] = min(data["model"]["freeze_depth"], encoder_layers("tiny"))
+    for phase in data["phases"]:
+        phase["steps"] = SMOKE_PHASE_STEPS[phase["kind"]]
+        phase["eval_every"] = None if phase["kind"] == "mlm" else SMOKE_RUN["train.eval_every"]
+    return from_dict(data)
+
+
+def _run_config(data: dict[str, Any], path: Path) -> RunConfig:
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise SpaceError(path, e.key, e.message) from None
+
+
+def _override(base: RunConfig, values: dict[str, Any], path: Path, where: str) -> RunConfig:
+    """``base`` with dotted ``values`` (already YAML-typed); errors are named under ``where``."""
+    if not values:
+        return base
+    data = base.to_dict()
+    try:
+        for key, value in values.items():
+            set_dotted(data, str(key), value, None)
+        return from_dict(data)
+    except ConfigError as e:
+        key = f"{where} {e.key}" if where.startswith("--") else f"{where}.{e.key}" if where else e.key
+        raise SpaceError(path, key, e.message) from None
+
+
+def _settings_into_run(base: RunConfig, settings: TuneSettings, path: Path) -> RunConfig:
+    """Tune settings that are run settings of every trial."""
+    values: dict[str, Any] = {"train.final_eval": settings.final_eval == "all"}
+    if settings.eval_subset is not None:
+        values["data.max_eval_per_task"] = settings.eval_subset
+    return _override(base, values, path, "tune")
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice (YAML would keep the last silently)."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key]}); a key may appear once (several "
+                "dimensions on one key are a list of alternatives)",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpaceError(path, "file", "is a folder, not a space file" if path.is_dir() else "does not exist")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpaceError(path, "yaml", f"not valid YAML{where}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise SpaceError(path, "yaml", f"not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpaceError(
+            path,
+            "top level",
+            f"must be a mapping of sections (data, model, ..., search, tune), got {type(data).__name__}",
+        )
+    return data
+
+
+def _search_entries(raw: Any, path: Path) -> dict[str, tuple[Any, str]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpaceError(
+            path,
+            "search",
+            "must be a mapping of dotted run settings to dimensions, e.g. "
+            f"optim.lr: {{loguniform: [1.0e-5, 1.0e-4]}}; got {show(raw)}",
+        )
+    return {str(k): (v, "search") for k, v in raw.items()}
+
+
+def _merge_search(entries: dict[str, tuple[Any, str]], updates: dict[str, Any], origin: str, path: Path) -> None:
+    """Add or replace dimensions; ``null`` removes one."""
+    for key, spec in updates.items():
+        if spec is not None:
+            entries[str(key)] = (spec, origin)
+        elif entries.pop(str(key), None) is None:
+            raise SpaceError(
+                path,
+                f"{origin}.{key}",
+                f"is null, which removes a dimension, but {key} is not in search{did_you_mean(key, entries)}",
+            )
+
+
+def _choose_profile(profiles: dict[str, dict[str, Any]], asked: str | None, path: Path) -> tuple[str, Any]:
+    if asked is None:
+        name = detect_profile()
+    else:
+        name = asked
+        allowed = sorted({"cpu", "gpu", *profiles})
+        if name not in allowed:
+            raise SpaceError(
+                path,
+                "tune.profiles",
+                f"has no profile {show(name)}{did_you_mean(name, allowed)}; choose from: {', '.join(allowed)}",
+            )
+    return name, profiles.get(name)
+
+
+def _apply_set(
+    overrides: dict[str, Any],
+    base: RunConfig,
+    layers: TuneLayers,
+    entries: dict[str, tuple[Any, str]],
+    pinned: dict[str, str],
+    path: Path,
+) -> RunConfig:
+    """``--set`` pairs: ``tune.KEY``, ``search.KEY`` (a dimension, or null to drop it), or a run
+    setting, which also pins it: a dimension on that very key is no longer searched."""
+    run: dict[str, Any] = {}
+    for key, text in overrides.items():
+        value = parse_value(text) if isinstance(text, str) else text
+        if key.startswith("tune."):
+            check_key(key[len("tune.") :], "--set tune", path)
+            layers.update({key[len("tune.") :]: value}, "--set tune")
+        elif key.startswith("search."):
+            _merge_search(entries, {key[len("search.") :]: value}, "--set search", path)
+        else:
+            problem = run_key_problem(key, extra=[f"tune.{f}" for f in FIELDS] + [f"search.{k}" for k in entries])
+            if problem:
+                raise SpaceError(path, f"--set {key}", problem)
+            run[key] = value
+            pinned[key] = "--set"
+    return _override(base, run, path, "--set")
+
+
+def _pin(dims: list[Dimension], pinned: dict[str, str], base: RunConfig, smoke: bool) -> list[Dimension]:
+    """Drop the dimensions on pinned keys; a condition on a pinned key is decided by its value now."""
+    data = base.to_dict()
+    kept: list[Dimension] = []
+    for d in dims:
+        if d.key in pinned:
+            continue
+        if smoke and d.key == "model.freeze_depth":
+            d = _fit_depth(d, encoder_layers("tiny"))
+            if d is None:
+                pinned["model.freeze_depth"] = "smoke"
+                continue
+        when, drop = {}, False
+        for key, values in d.when.items():
+            if key in pinned:
+                drop |= not any(value_at(data, key) == _normalized(data, key, v) for v in values)
+            elif not any(k.key == key for k in kept):
+                drop = True  # what it depends on is never searched now
+            else:
+                when[key] = values
+        if not drop:
+            kept.append(Dimension(**{**d.__dict__, "when": when}))
+    return kept
+
+
+def _normalized(data: dict[str, Any], key: str, value: Any) -> Any:
+    """``value`` as the config holds it (``[multitask]`` becomes a list of phase mappings)."""
+    data = copy.deepcopy(data)
+    try:
+        set_dotted(data, key, value, None)
+        return value_at(from_dict(data).to_dict(), key)
+    except ConfigError:
+        return value
+
+
+def _fit_depth(d: Dimension, layers: int) -> Dimension | None:
+    """A frozen-depth dimension cut to the smoke encoder's layers, or None if nothing is left."""
+    if d.kind == "choice":
+        fits = [c for c in d.choices if isinstance(c, int) and c <= layers]
+        return Dimension(**{**d.__dict__, "choices": fits}) if fits else None
+    if d.low >= layers:
+        return None
+    high = min(d.high, layers)
+    step = d.step if d.step and (high - d.low) % d.step == 0 else None
+    return Dimension(**{**d.__dict__, "high": high, "step": step})
+
+
+# ---- the settings and the notes ----------------------------------------------------------------
+
+
+def _finish_settings(
+    settings: TuneSettings, layers: TuneLayers, max_evals: int, path: Path, smoke: bool
+) -> TuneSettings:
+    max_t = settings.max_t or max_evals
+    if settings.grace_period > max_t:
+        given = "" if settings.max_t else ": the evaluations of the longest trial"
+        raise SpaceError(
+            path,
+            layers.sources.get("grace_period", "tune.grace_period"),
+            f"grace_period is {settings.grace_period}, but must be <= max_t ({max_t}{given})",
+        )
+    storage = settings.storage_path
+    if "://" not in storage:  # a URI (s3://...) is Ray's business; a folder is made absolute now
+        storage = str(Path(storage).expanduser().resolve())
+    name = settings.name or (path.stem + ("-smoke" if smoke else ""))
+    return TuneSettings(**{**settings.__dict__, "max_t": max_t, "storage_path": storage, "name": name})
+
+
+def _notes(space: Space, has_profile: bool, asked: bool, pinned: dict[str, str]) -> list[str]:
+    t = space.tune
+    how = (
+        f"profile {space.profile!r} (asked for)"
+        if asked
+        else ("GPU visible" if space.profile == "gpu" else "no GPU visible")
+    )
+    which = f"{space.profile} profile" if has_profile else f"no {space.profile!r} profile in the file, tune as written"
+    resources = f"{t.cpus_per_trial:g} CPU" + (f", {t.gpus_per_trial:g} GPU" if t.gpus_per_trial else "")
+    at_once = f"{t.max_concurrent} at a time" if t.max_concurrent else "as many at a time as fit"
+    budget = f", stop after {t.time_budget_s:g} s" if t.time_budget_s else ""
+    trials = f"{t.num_samples} trial{'s' * (t.num_samples != 1)}"
+    if t.num_samples == 1:
+        runs = f"1 trial of {space.max_steps} steps and {t.max_t} evaluations ({resources}){budget}"
+    else:
+        runs = (
+            f"{trials} of up to {space.max_steps} steps, {at_once} ({resources} each), ASHA over {t.max_t} "
+            f"evaluations (grace {t.grace_period}, reduction {t.reduction_factor:g}){budget}"
+        )
+    lines = [f"{how}: {which}; {runs}"]
+    if space.smoke:
+        lines.append(
+            f"smoke test: tiny encoder, {SMOKE_RUN['data.max_train_per_task']} training rows per task, "
+            f"dev subsets of {space.base.data.max_eval_per_task}, no final evaluation"
+        )
+    keys = list(dict.fromkeys(d.key for d in space.dimensions))
+    lines.append(f"{len(keys)} dimensions: {', '.join(keys)}" if keys else "a fixed point: no search dimensions")
+    if pinned:
+        lines.append(
+            "not searched, fixed by "
+            + "; ".join(
+                f"{why}: {', '.join(k for k, w in pinned.items() if w == why)}"
+                for why in dict.fromkeys(pinned.values())
+            )
+        )
+    final = {
+        "best": "the best trial's checkpoint is scored on the full dev sets",
+        "all": "every trial scores its best checkpoint on the full dev sets",
+        "none": "no full-dev evaluation",
+    }
+    lines.append(f"results: {Path(t.storage_path) / t.name}; after the search: {final[t.final_eval]}")
+    return lines
