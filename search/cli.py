@@ -1,26 +1,245 @@
-"""``mtbert-search``: hyperparameter search over multi-task runs."""
+"""``mtbert-search``: hyperparameter search over multi-task runs (Ray Tune, Optuna, ASHA).
+
+    mtbert-search SPACE.yaml [--set KEY=VALUE ...] [--smoke] [--json] [--profile cpu|gpu] [--address ADDR]
+    mtbert-search resume DIR [--json] [--address ADDR]
+    mtbert-search export DIR [--top-k K] --out OUT
+    mtbert-search status DIR [--format text|csv|markdown]
+
+Exit codes: 0 done, 2 bad input (found before Ray starts or any folder is made), 1 failure.
+The Ray-facing work is in ``search.tuner`` and ``search.trainable``; this module parses and prints.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import os
 import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+COMMANDS = ("resume", "export", "status")
+TASK_ROWS = (
+    ("sst", "accuracy", "sst_acc"), ("para (Quora)", "accuracy", "para_acc"), ("para (Quora)", "F1", "para_f1"),
+    ("sts", "Pearson r", "sts_pearson"), ("sts", "Spearman rho", "sts_spearman"),
+    ("overall", "(sst + para + (1 + r) / 2) / 3", "overall"),
+)  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+def search_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="mtbert-search",
-        description=(
-            "Search hyperparameters of multi-task BERT fine-tuning with Ray Tune, Optuna and ASHA. "
-            "Searches are not available in this release; single runs train with mtbert-train."
-        ),
+        description="Search the hyperparameters of multi-task BERT fine-tuning with Ray Tune, Optuna (TPE) and ASHA.",
+        epilog="Other commands: 'mtbert-search resume DIR', 'mtbert-search export DIR --out OUT [--top-k K]', "
+        "'mtbert-search status DIR [--format text|csv|markdown]'.",
     )
+    p.add_argument("space", help="search space YAML: a run config plus search: and tune: sections")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a run setting (optim.lr=1e-5) or a search setting (tune.num_samples=8); repeatable",
+    )
+    p.add_argument("--smoke", action="store_true", help="shrink everything: the whole pipeline in about a minute")
+    p.add_argument("--profile", choices=("cpu", "gpu"), help="resource profile (default: gpu when one is visible)")
+    p.add_argument("--json", action="store_true", help="one JSON object with the result on stdout; progress on stderr")
+    p.add_argument("--address", help="Ray cluster to run on ('auto': the running one; default: $RAY_ADDRESS, "
+                   "else a local Ray started here)")  # fmt: skip
+    return p
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"mtbert-search {command}")
+    p.add_argument("dir", help="a search folder: <tune.storage_path>/<tune.name>")
+    if command == "resume":
+        p.description = "Continue an interrupted search: unfinished and errored trials, the Optuna study, new trials."
+        p.add_argument("--json", action="store_true", help="one JSON object with the result on stdout")
+        p.add_argument("--address", help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)")
+    elif command == "export":
+        p.description = "Copy the best trials' best checkpoints to OUT/rank-1 ... OUT/rank-K."
+        p.add_argument("--top-k", type=int, default=1, help="how many trials (default 1)")
+        p.add_argument("--out", required=True, help="folder to write rank-1 ... into")
+    else:
+        p.description = "The trials of a search as a table."
+        p.add_argument("--format", choices=("text", "csv", "markdown"), default="text")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help(sys.stderr)
-    return 2
+    argv = sys.argv[1:] if argv is None else argv
+    # Before torch loads: OpenMP threads that spin while waiting starve the others when the cores
+    # are shared (with Ray's processes here): a full-dev evaluation of the tiny encoder on a busy
+    # 2-core machine took 77 s spinning, 3.4 s passive. Trials get the same through Ray.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if argv[:1] and argv[0] in COMMANDS:
+        command = argv[0]
+        args = command_parser(command).parse_args(argv[1:])
+        return {"resume": resume_main, "export": export_main, "status": status_main}[command](args)
+    return search_main(search_parser().parse_args(argv))
+
+
+def bad_input(error: Exception) -> int:
+    print(f"mtbert-search: error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def search_main(args: argparse.Namespace) -> int:
+    from mtbert.config import ConfigError, parse_set
+    from mtbert.data import DataError, resolve_data_dir
+    from search.space import SpaceError, load_space
+
+    # Everything that can be wrong with the input is found here, before Ray starts or a folder is made.
+    try:
+        overrides = parse_set(args.overrides)
+        space = load_space(args.space, overrides, profile=args.profile, smoke=args.smoke)
+        resolve_data_dir(space.base.data.dir)
+        text = Path(args.space).read_text()
+    except (SpaceError, ConfigError, DataError) as e:
+        return bad_input(e)
+    from search.tuner import Launch, experiment_dir, free_name
+
+    taken = experiment_dir(space)
+    name = free_name(space)
+    if name:
+        space.tune = dataclasses.replace(space.tune, name=name)
+        space.notes.append(f"{taken} holds an earlier search (continue it with 'mtbert-search resume {taken}'); "
+                           f"this one goes to {experiment_dir(space)}")  # fmt: skip
+    out = sys.stderr if args.json else sys.stdout
+    for note in space.notes:
+        print(note, file=out)
+    launch = Launch(args.space, dict(overrides), space.profile, args.smoke)  # resume loads the space the same way
+    from search.tuner import run_search
+
+    run = functools.partial(run_search, space, launch, text, address=args.address)
+    return run_and_report(run, space, args.json, experiment_dir(space))
+
+
+def resume_main(args: argparse.Namespace) -> int:
+    from search.space import SpaceError
+    from search.tuner import SearchError, resume_search, saved_space
+
+    try:
+        space, launch = saved_space(args.dir)
+    except (SearchError, SpaceError) as e:
+        return bad_input(e)
+    experiment = Path(args.dir).expanduser().resolve()
+    run = functools.partial(resume_search, experiment, space, launch, address=args.address)
+    return run_and_report(run, space, args.json, experiment)
+
+
+def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int:
+    """Run the search (``run(log=...)``; its progress on stdout, or stderr with --json), then print
+    the best trial."""
+    from search.tuner import SearchError, load_results, summarize
+
+    out = sys.stderr if as_json else sys.stdout
+
+    def log(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    try:
+        # Ray's progress table prints to stdout; with --json stdout holds the result alone.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            results = load_results(run(log=log))
+            summary = summarize(results, space, log=log)
+    except SearchError as e:
+        return bad_input(e)
+    except KeyboardInterrupt:
+        print(f"mtbert-search: interrupted; continue with 'mtbert-search resume {experiment}'", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps({**summary, "notes": list(space.notes)}, default=str))
+    else:
+        print_summary(summary)
+    best = summary.get("best")
+    if best is None:
+        print(f"mtbert-search: no trial reported a result; see the trials' error.txt under {summary['experiment']}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    note_quora(space, best)
+    return 0
+
+
+def note_quora(space: Any, best: dict[str, Any]) -> None:
+    from mtbert.cli import QUORA_NOTE
+    from mtbert.pretrained import DEFAULT_ENCODER
+
+    encoder = best["params"].get("model.encoder", space.base.model.encoder)
+    if encoder == DEFAULT_ENCODER:
+        print(QUORA_NOTE, file=sys.stderr)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    best = summary["best"]
+    states = ", ".join(f"{n} {s}" for s, n in sorted(summary["trial_states"].items()))
+    print(f"\n{summary['trials']} trial(s): {states}")
+    if best is None:
+        return
+    print(f"best trial {best['trial_id']}: {summary['metric']} {best['selection'].get(summary['metric'], float('nan')):.4f} "
+          f"at step {best['step']} (evaluation {best['iteration']})")  # fmt: skip
+    for key, value in best["params"].items():
+        print(f"  {key} = {value}")
+    full = best["full_dev"]
+    print(f"{'task':14}{'metric':32}{'selection':>11}" + (f"{'full dev':>10}" if full else ""))
+    for task, metric, key in TASK_ROWS:
+        line = f"{task:14}{metric:32}{best['selection'].get(key, float('nan')):11.4f}"
+        print(line + (f"{full[key]:10.4f}" if full else ""))
+    subset = best["selection_dev_examples"]
+    print(
+        f"(selection: the evaluations ASHA and Optuna compared, on {subset or 'all'} dev examples per task"
+        + ("; full dev: the best checkpoint on the whole dev sets" if full else "")
+        + ")"
+    )
+    print(f"config: {best['config']}")
+    print(f"checkpoint: {best['checkpoint']}")
+    print(f"results: {summary['experiment']} (tensorboard --logdir {summary['experiment']})")
+
+
+def export_main(args: argparse.Namespace) -> int:
+    from search.export import export
+    from search.tuner import SearchError
+
+    try:
+        space = _space_or_none(args.dir)
+        written = export(args.dir, args.out, args.top_k, space)
+    except SearchError as e:
+        return bad_input(e)
+    for path in written:
+        print(path)
+    if len(written) < args.top_k:
+        print(f"only {len(written)} trial(s) had a checkpoint to export", file=sys.stderr)
+    return 0
+
+
+def status_main(args: argparse.Namespace) -> int:
+    from search.status import render, table
+    from search.tuner import SearchError, load_results
+
+    try:
+        space = _space_or_none(args.dir)
+        results = load_results(args.dir)
+    except SearchError as e:
+        return bad_input(e)
+    sys.stdout.write(render(table(results, space), args.format))
+    return 0
+
+
+def _space_or_none(directory: str) -> Any:
+    """The search's space, to show sampled settings with their real values; None if it no longer loads."""
+    from search.space import SpaceError
+    from search.tuner import saved_space
+
+    try:
+        return saved_space(directory)[0]
+    except SpaceError as e:
+        print(f"mtbert-search: note: the saved space does not load ({e}); settings shown as sampled", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

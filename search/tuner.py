@@ -1,0 +1,528 @@
+"""The search: Optuna's TPE proposes run configs, ASHA stops weak trials early, Ray Tune runs them.
+
+Everything here that touches Ray (with ``search.trainable``) is Ray-facing; the command line,
+``search.export`` and ``search.status`` work with the plain records this module returns.
+
+A defect of Ray's ``OptunaSearch`` fixed here: it tells Optuna that a trial ASHA stopped early is
+COMPLETE, with the score of its last (low-budget) evaluation, so TPE learns from early scores as if
+they were final. ``PruningOptunaSearch`` tells Optuna such trials are PRUNED, with every evaluation
+recorded as an intermediate value, which is how Optuna's own pruners leave them.
+
+Layout of a search's folder, ``<tune.storage_path>/<tune.name>``:
+
+    space.yaml, search.json       the space file as given and how it was loaded (for ``resume``)
+    trial_<id>/                   one per trial: result.json, progress.csv, params.json, the
+                                  TensorBoard event files, checkpoint_<n>/ (mtbert checkpoints)
+    summary.json                  the best trial, written when the search ends
+    experiment_state-*.json, tuner.pkl, searcher-state-*.pkl, ...   Ray Tune's and Optuna's state
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.logger import TBXLoggerCallback
+from ray.tune.search.optuna import OptunaSearch
+
+from search.tensorboard import TrialBoard
+from search.trainable import (
+    COMPLETE_KEY,
+    TrialSetup,
+    fixed_settings,
+    prepare_shared,
+    run_trial,
+    share,
+    space_signatures,
+)
+
+SPACE_COPY = "space.yaml"
+SEARCH_FILE = "search.json"
+SUMMARY_FILE = "summary.json"
+TRAINING_ITERATION = "training_iteration"
+PROGRESS_METRICS = ("overall", "sst_acc", "para_acc", "sts_pearson", "step", "train_samples_per_s")
+SCORE_KEYS = ("sst_acc", "para_acc", "para_f1", "sts_pearson", "sts_spearman", "overall")
+# Keys Tune adds to every result; the rest came from the trainable.
+TUNE_KEYS = frozenset({
+    "training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timesteps_since_restore",
+    "iterations_since_restore", "timesteps_total", "episodes_total", "timestamp", "date", "hostname", "node_ip",
+    "pid", "config", "done", "trial_id", "experiment_id", "experiment_tag", "checkpoint_dir_name",
+    "should_checkpoint", "__duplicate__",
+})  # fmt: skip
+
+
+class SearchError(ValueError):
+    """Bad input to a search command (a folder that holds no search, say); the message says why."""
+
+
+# ---- Optuna: pruned trials are PRUNED ---------------------------------------------------------------
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna a trial stopped before its full budget is PRUNED.
+
+    Every result is an intermediate value of the Optuna trial (``trial.report(value, step)`` with
+    the training iteration as step, as ``OptunaSearch`` does). When a trial ends it is COMPLETE if
+    it ran its whole budget: the trainable flagged its last evaluation (``trial_complete``), it
+    reached ``max_t``, or it ended by itself (the trainer's patience), which Tune shows by passing
+    the last result a second time when a function trainable returns. Otherwise it was stopped
+    (by ASHA, or the time budget) and is PRUNED, and Optuna takes its last intermediate value as
+    its value; TPE then ranks it below completed trials, by how far it got. Either way the result
+    the trial was stopped on, which Tune does not pass to ``on_trial_result``, is recorded first,
+    so the intermediate values are every evaluation the trial reported.
+    """
+
+    def __init__(self, *args: Any, max_t: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+        self._reported: dict[str, int] = {}  # trial id -> last step told to Optuna
+        self._repeated: set[str] = set()  # trials whose last result came a second time: they returned
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        step = result.get(TRAINING_ITERATION)
+        if step is not None and self._reported.get(trial_id) == step:
+            self._repeated.add(trial_id)  # Tune's repeat of the last result: the trainable returned
+            return
+        super().on_trial_result(trial_id, result)
+        if trial_id not in self._completed_trials:
+            self._reported[trial_id] = step
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from optuna.trial import TrialState
+
+        if (error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials
+                or isinstance(self.metric, list) or result.get(self.metric) is None):  # fmt: skip
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        step = result.get(TRAINING_ITERATION, 0)
+        finished = (bool(result.get(COMPLETE_KEY)) or (self._max_t is not None and step >= self._max_t)
+                    or trial_id in self._repeated)  # fmt: skip
+        ot_trial = self._ot_trials[trial_id]
+        if self._reported.get(trial_id, 0) < step:  # the result the trial was stopped on
+            ot_trial.report(result[self.metric], step)
+            self._reported[trial_id] = step
+        if finished:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+    def study(self) -> Any:
+        return self._ot_study
+
+    def optuna_trial(self, trial_id: str) -> Any:
+        """The Optuna trial (a FrozenTrial) behind a Tune trial id, or None."""
+        trial = self._ot_trials.get(trial_id)
+        if trial is None:
+            return None
+        return self._ot_study.trials[trial.number]
+
+
+def load_searcher(experiment: str | Path) -> PruningOptunaSearch | None:
+    """The searcher's state as Tune last saved it in the search folder (None if there is none).
+    The file is the search's own state (Tune pickles it), not user data."""
+    searcher = PruningOptunaSearch()
+    try:
+        searcher.restore_from_dir(str(experiment))
+    except (RuntimeError, FileNotFoundError):
+        return None
+    return searcher
+
+
+# ---- TensorBoard and per-trial files -------------------------------------------------------------
+
+
+class TensorBoardCallback(TBXLoggerCallback):
+    """Writes each trial's TensorBoard run (``search.tensorboard``) into the trial's folder under
+    the storage path, as results arrive, so ``tensorboard --logdir <storage_path>/<name>`` shows the
+    running search. A subclass of Tune's TBXLoggerCallback only so that Tune does not add its own
+    (a second set of ``ray/tune/*`` tags and hparams in the same folders); tensorboardX is not used."""
+
+    def __init__(self, space: Any, metric: str):
+        self._space, self._metric = space, metric
+        self._boards: dict[str, TrialBoard] = {}
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the run config
+        return {"_space": self._space, "_metric": self._metric, "_boards": {}}
+
+    def log_trial_start(self, trial: Any) -> None:
+        if trial.trial_id in self._boards:
+            self._boards.pop(trial.trial_id).close()
+        directory = trial.path if trial.storage.storage_filesystem.type_name == "local" else trial.local_path
+        try:
+            hparams = self._space.decode(trial.config)
+        except ValueError:
+            hparams = dict(trial.config)
+        self._boards[trial.trial_id] = TrialBoard(directory, hparams, self._metric)
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        if trial.trial_id not in self._boards:
+            self.log_trial_start(trial)
+        self._boards[trial.trial_id].log({k: v for k, v in result.items() if k not in TUNE_KEYS})
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        board = self._boards.pop(trial.trial_id, None)
+        if board:
+            board.close()
+
+
+class TrialStarts(Callback):
+    """The wall-clock time each trial started, as Tune's controller saw it (for benchmarks)."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started.setdefault(trial.trial_id, time.time())
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# ---- running and resuming ------------------------------------------------------------------------
+
+
+@dataclass
+class Launch:
+    """How a search was started: enough to load its space again for ``resume``."""
+
+    space_file: str  # as given
+    overrides: dict[str, str] = field(default_factory=dict)
+    profile: str | None = None
+    smoke: bool = False
+    metric: str = "overall"
+    mode: str = "max"
+    max_t: int = 1
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, experiment: Path, space_text: str) -> None:
+        experiment.mkdir(parents=True, exist_ok=True)
+        (experiment / SPACE_COPY).write_text(space_text)
+        (experiment / SEARCH_FILE).write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def read(cls, experiment: Path) -> Launch:
+        path = experiment / SEARCH_FILE
+        if not path.is_file() or not (experiment / SPACE_COPY).is_file():
+            raise SearchError(f"{experiment} holds no mtbert search: {SEARCH_FILE} and {SPACE_COPY} are missing "
+                              "(they are written when a search starts)")  # fmt: skip
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise SearchError(f"{path} is not a search description ({e})") from None
+
+
+def experiment_dir(space: Any) -> Path:
+    return Path(space.tune.storage_path) / space.tune.name
+
+
+def max_t(space: Any) -> int:
+    return space.tune.max_t or space.max_evaluations()
+
+
+def check_new(experiment: Path) -> None:
+    """A new search must not write into an earlier one's folder."""
+    if experiment.exists() and any(experiment.iterdir()):
+        raise SearchError(f"{experiment} already holds a search; continue it with 'mtbert-search resume {experiment}', "
+                          "or choose another tune.name or tune.storage_path")  # fmt: skip
+
+
+def free_name(space: Any) -> str | None:
+    """A folder name for a new search next to an earlier one with the same name (``<name>-2``, ...),
+    or None when ``tune.name`` is free: running a README command twice starts a second search
+    instead of failing or mixing trials into the first one."""
+    storage, name = Path(space.tune.storage_path), space.tune.name
+    taken = storage / name
+    if not (taken.exists() and any(taken.iterdir())):
+        return None
+    k = 2
+    while (storage / f"{name}-{k}").exists():
+        k += 1
+    return f"{name}-{k}"
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray; returns whether
+    this process started Ray (and so shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Ray's INFO lines (a line per checkpoint from every trial) would bury the progress table.
+    quiet = ray.LoggingConfig(log_level="WARNING")
+    # Trials share the cores with Ray's own processes (and each other): OpenMP threads that spin
+    # while they wait for work then starve the thread they wait for. Measured on a busy 2-core
+    # machine, a 2-thread step of the tiny encoder took 2.5 s spinning and 0.03 s passive.
+    env = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True, logging_config=quiet, runtime_env=env)
+    else:  # "local": never attach to another user's cluster on this machine by accident
+        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_config=quiet,
+                 runtime_env=env)  # fmt: skip
+    # With keep_checkpoints, Tune snapshots the experiment state at every checkpoint, on purpose
+    # (the snapshot must know which checkpoint files exist), and warns each time trials are short.
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
+    return True
+
+
+def shared_data(setup: TrialSetup, log: Any = print) -> dict[str, Any]:
+    """Tokenise the data of every signature the space can produce, once, and put it in the object store."""
+    signatures, complete = space_signatures(setup)
+    data = prepare_shared(signatures.values())
+    for row in sorted({str(r) for d in data.values() for r in d.malformed}):
+        log(f"malformed row skipped: {row}")
+    log(f"data: {len(data)} tokenised set(s) shared with the trials"
+        + ("" if complete else "; trials whose data settings were not listed tokenise their own"))  # fmt: skip
+    return share(data)
+
+
+def build_trainable(setup: TrialSetup, refs: dict[str, Any]) -> Any:
+    from ray import tune
+
+    t = setup.space.tune
+    resources = {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial or 0}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, data=refs), resources)
+    trainable._progress_metrics = PROGRESS_METRICS  # the columns of Tune's progress table
+    return trainable
+
+
+def build_tuner(space: Any, setup: TrialSetup, refs: dict[str, Any], callbacks: tuple = ()) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    t = space.tune
+    budget = max_t(space)
+    searcher = PruningOptunaSearch(
+        space=space.define_by_run, metric=t.metric, mode=t.mode, sampler=optuna.samplers.TPESampler(seed=t.seed),
+        max_t=budget,
+    )  # fmt: skip
+    scheduler = ASHAScheduler(
+        time_attr=TRAINING_ITERATION, max_t=budget, grace_period=min(t.grace_period, budget),
+        reduction_factor=t.reduction_factor, metric=t.metric, mode=t.mode,
+    )  # fmt: skip
+    return tune.Tuner(
+        build_trainable(setup, refs),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent) if t.max_concurrent else searcher,
+            scheduler=scheduler,
+            num_samples=t.num_samples, time_budget_s=t.time_budget_s,
+            # the worker process, its imports and the shared data stay between trials
+            reuse_actors=True, trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=t.name, storage_path=str(t.storage_path), verbose=1,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=t.metric, checkpoint_score_order=t.mode,
+            ),
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            callbacks=[TensorBoardCallback(space, t.metric), *callbacks],
+        ),
+    )  # fmt: skip
+
+
+def run_search(space: Any, launch: Launch, space_text: str, *, address: str | None = None, log: Any = print) -> Path:
+    """Run a search to the end; returns its folder."""
+    experiment = experiment_dir(space)
+    check_new(experiment)
+    setup = TrialSetup(space, fixed_settings(space))
+    launch.fixed, launch.metric, launch.mode, launch.max_t = (
+        setup.fixed,
+        space.tune.metric,
+        space.tune.mode,
+        max_t(space),
+    )
+    launch.save(experiment, space_text)
+    started = connect(address)
+    try:
+        tuner = build_tuner(space, setup, shared_data(setup, log))
+        tuner.fit()
+    finally:
+        if started:
+            _shutdown()
+    return experiment
+
+
+def resume_search(experiment: Path, space: Any, launch: Launch, *, address: str | None = None,
+                  log: Any = print) -> Path:  # fmt: skip
+    """Continue an interrupted search: unfinished trials from their last checkpoints, errored ones
+    again from the start, the Optuna study where it was, then new trials up to ``num_samples``."""
+    from ray import tune
+
+    setup = TrialSetup(space, launch.fixed or fixed_settings(space))
+    started = connect(address)
+    try:
+        if not tune.Tuner.can_restore(str(experiment)):
+            raise SearchError(f"{experiment} holds no Ray Tune state to resume (was the search killed before "
+                              "its first trial started?)")  # fmt: skip
+        tuner = tune.Tuner.restore(
+            str(experiment), trainable=build_trainable(setup, shared_data(setup, log)), resume_unfinished=True,
+            restart_errored=True,
+        )  # fmt: skip
+        tuner.fit()
+    finally:
+        if started:
+            _shutdown()
+    return experiment
+
+
+def _shutdown() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+# ---- reading a search's results ------------------------------------------------------------------
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    status: str  # Tune's: TERMINATED, ERROR, RUNNING, PENDING, PAUSED
+    iterations: int
+    params: dict[str, Any]  # as sampled (the Optuna params, the trial's Tune config)
+    best: dict[str, Any] | None  # the result with the best metric
+    last: dict[str, Any] | None
+    checkpoint: Path | None  # the checkpoint of the best result
+    path: Path
+    state: str | None = None  # Optuna's: COMPLETE, PRUNED, FAIL, RUNNING
+    error: str | None = None
+
+
+@dataclass
+class SearchResults:
+    experiment: Path
+    metric: str
+    mode: str
+    trials: list[TrialRecord]
+
+    def ranked(self) -> list[TrialRecord]:
+        """Trials with a checkpoint, best first by their best result."""
+        scored = [t for t in self.trials if t.best is not None and t.checkpoint is not None
+                  and t.best.get(self.metric) is not None]  # fmt: skip
+        sign = -1 if self.mode == "max" else 1
+        return sorted(scored, key=lambda t: (sign * t.best[self.metric], t.trial_id))
+
+
+def load_results(experiment: str | Path) -> SearchResults:
+    """The trials of a search folder, from Tune's files (``ExperimentAnalysis``) and the Optuna study."""
+    from ray.tune import ExperimentAnalysis
+
+    experiment = Path(experiment).expanduser().resolve()
+    if not experiment.is_dir():
+        raise SearchError(f"{experiment} is not a folder; give a search folder, <tune.storage_path>/<tune.name>")
+    launch = Launch.read(experiment)
+    try:
+        analysis = ExperimentAnalysis(str(experiment), default_metric=launch.metric, default_mode=launch.mode)
+    except ValueError as e:
+        raise SearchError(f"{experiment} has no Ray Tune results yet: {str(e).splitlines()[0]}") from None
+    searcher = load_searcher(experiment)
+    frames = analysis.trial_dataframes
+    trials = []
+    for trial in analysis.trials:
+        df = frames.get(trial.trial_id)
+        rows = df.to_dict("records") if df is not None and len(df) else []
+        rows = [r for r in rows if r.get(launch.metric) is not None]
+        best = None
+        if rows:
+            pick = max if launch.mode == "max" else min
+            best = pick(rows, key=lambda r: r[launch.metric])
+        checkpoint = analysis.get_best_checkpoint(trial, launch.metric, launch.mode) if rows else None
+        state = None
+        if searcher is not None:
+            ot = searcher.optuna_trial(trial.trial_id)
+            state = ot.state.name if ot is not None else None
+        trials.append(TrialRecord(
+            trial_id=trial.trial_id, status=trial.status, iterations=int(rows[-1][TRAINING_ITERATION]) if rows else 0,
+            params=dict(trial.config), best=best, last=rows[-1] if rows else None,
+            checkpoint=Path(checkpoint.path) if checkpoint is not None else None, path=Path(trial.path), state=state,
+            error=_error_file(trial),
+        ))  # fmt: skip
+    return SearchResults(experiment, launch.metric, launch.mode, trials)
+
+
+def _error_file(trial: Any) -> str | None:
+    name = trial.run_metadata.error_filename
+    return str(Path(trial.path) / name) if name else None
+
+
+# ---- the end of a search -------------------------------------------------------------------------
+
+
+def summarize(results: SearchResults, space: Any, *, final_eval: str | None = None, log: Any = print) -> dict[str, Any]:
+    """The best trial: its sampled settings, config, checkpoint and scores on the selection subset,
+    and on the full dev sets as ``tune.final_eval`` says (``best``: the best trial's checkpoint,
+    ``all``: every trial's best checkpoint, ``none``). Written to ``summary.json`` too."""
+    from mtbert.checkpoint import CONFIG_FILE, METRICS_FILE
+
+    final_eval = final_eval or getattr(space.tune, "final_eval", "best")
+    states: dict[str, int] = {}
+    for t in results.trials:
+        key = (t.state or t.status).lower()
+        states[key] = states.get(key, 0) + 1
+    summary: dict[str, Any] = {
+        "experiment": str(results.experiment), "metric": results.metric, "mode": results.mode,
+        "trials": len(results.trials), "trial_states": states, "final_eval": final_eval, "best": None,
+    }  # fmt: skip
+    ranked = results.ranked()
+    if ranked:
+        best = ranked[0]
+        metrics = json.loads((best.checkpoint / METRICS_FILE).read_text())
+        summary["best"] = {
+            "trial_id": best.trial_id, "params": _decode(space, best.params),
+            "config": str(best.checkpoint / CONFIG_FILE), "checkpoint": str(best.checkpoint),
+            "step": metrics.get("step"), "iteration": best.best.get(TRAINING_ITERATION), "state": best.state,
+            "selection": {k: metrics[k] for k in SCORE_KEYS if k in metrics},
+            "selection_dev_examples": getattr(space.base.data, "max_eval_per_task", None), "full_dev": None,
+        }  # fmt: skip
+        scored = {"best": ranked[:1], "all": ranked}.get(final_eval, [])
+        full = {}
+        for trial in scored:
+            log(f"scoring trial {trial.trial_id}'s best checkpoint on the full dev sets")
+            full[trial.trial_id] = full_evaluation(trial.checkpoint, log)
+        summary["best"]["full_dev"] = full.get(best.trial_id)
+        if final_eval == "all":
+            summary["full_dev"] = full
+    (results.experiment / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def full_evaluation(checkpoint: Path, log: Any = print) -> dict[str, float]:
+    """mtbert-train's final evaluation of a checkpoint: the full dev sets, and dev and test
+    prediction files in ``<checkpoint>/predictions``."""
+    from mtbert.checkpoint import CONFIG_FILE, ENCODER_DIR
+    from mtbert.cli import final_evaluation
+    from mtbert.config import load_config
+    from mtbert.pretrained import load_tokenizer
+    from mtbert.trainer import resolve_device
+
+    config = load_config(Path(checkpoint) / CONFIG_FILE)
+    tokenizer = load_tokenizer(Path(checkpoint) / ENCODER_DIR)
+    scores, _, _ = final_evaluation(Path(checkpoint), config, tokenizer, resolve_device(config.train.device))
+    return scores
+
+
+def _decode(space: Any, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return space.decode(params)
+    except (ValueError, KeyError):
+        return dict(params)
+
+
+def saved_space(experiment: str | Path) -> tuple[Any, Launch]:
+    """The space of a search folder, loaded from the copy saved when the search started."""
+    from search.space import load_space
+
+    experiment = Path(experiment).expanduser().resolve()
+    if not experiment.is_dir():
+        raise SearchError(f"{experiment} is not a folder; give a search folder, <tune.storage_path>/<tune.name>")
+    launch = Launch.read(experiment)
+    space = load_space(experiment / SPACE_COPY, launch.overrides or None, profile=launch.profile, smoke=launch.smoke)
+    return space, launch
