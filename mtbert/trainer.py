@@ -316,6 +316,7 @@ class Trainer:
                 "step": self.offset + self.step, "phase": self.phase, "epoch": self.schedule.epoch_of(self.step - 1),
                 "lr": self.scheduler.get_last_lr()[0],
                 "train_samples_per_s": self.samples / max(self.train_seconds, 1e-9),
+                "train_seconds": self.train_seconds,  # time inside training steps, this phase so far
             }  # fmt: skip
             running = {}
             self.history.append(metrics)
