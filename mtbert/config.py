@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -536,6 +537,23 @@ def phase_config(config: RunConfig, index: int) -> RunConfig:
 def run_phases(config: RunConfig) -> list[PhaseConfig]:
     """The phases a run goes through: ``phases``, or one multitask phase."""
     return list(config.phases) or [PhaseConfig(kind="multitask")]
+
+
+def trained_phases(config: RunConfig) -> list[RunConfig]:
+    """The configs of the phases that take optimizer steps on the tasks (mlm phases take none)."""
+    if not config.phases:
+        return [config]
+    return [phase_config(config, i) for i, p in enumerate(config.phases) if p.kind != "mlm"]
+
+
+def total_steps(config: RunConfig) -> int:
+    """The global step of a run's last evaluation: the steps of its multitask and specialist phases."""
+    return sum(c.train.max_steps for c in trained_phases(config))
+
+
+def evaluations(config: RunConfig) -> int:
+    """Evaluations a run reports: every ``eval_every`` steps and at the end of each trained phase."""
+    return sum(math.ceil(c.train.max_steps / c.train.eval_every) for c in trained_phases(config))
 
 
 def validate_phases(config: RunConfig, source: str | None) -> None:

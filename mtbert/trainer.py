@@ -401,7 +401,9 @@ class Run:
     @property
     def total_steps(self) -> int:
         """Optimizer steps of the multitask and specialist phases (what ``step`` counts)."""
-        return sum(self.phase_config(i).train.max_steps for i, p in enumerate(self.phases) if p.kind != "mlm")
+        from mtbert.config import total_steps
+
+        return total_steps(self.config)
 
     def run(self, on_eval: OnEval | None = None, on_step: Callable[[int], None] | None = None,
             checkpoint_dir: Path | None = None) -> TrainResult:

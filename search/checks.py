@@ -10,12 +10,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mtbert.config import ConfigError, PhaseConfig, RunConfig, all_keys, flatten, from_dict, phase_config, set_dotted
+from mtbert.config import (
+    ConfigError,
+    PhaseConfig,
+    RunConfig,
+    all_keys,
+    evaluations,
+    flatten,
+    from_dict,
+    set_dotted,
+    total_steps,
+)
 from search.dimensions import Dimension
 from search.errors import SpaceError, did_you_mean, show
 
@@ -60,22 +69,6 @@ def value_at(data: Any, key: str) -> Any:
         else:
             return None
     return data
-
-
-def evaluations(config: RunConfig) -> int:
-    """Evaluations a run reports: every ``eval_every`` steps and at the end of each phase that
-    trains tasks (mlm phases report none)."""
-    return sum(math.ceil(c.train.max_steps / c.train.eval_every) for c in _trained_phases(config))
-
-
-def total_steps(config: RunConfig) -> int:
-    return sum(c.train.max_steps for c in _trained_phases(config))
-
-
-def _trained_phases(config: RunConfig) -> list[RunConfig]:
-    if not config.phases:
-        return [config]
-    return [phase_config(config, i) for i, p in enumerate(config.phases) if p.kind != "mlm"]
 
 
 # ---- what a dimension may set ----------------------------------------------------------------

@@ -26,13 +26,12 @@ from typing import Any
 
 import yaml
 
-from mtbert.config import ConfigError, RunConfig, encoder_layers, from_dict, parse_value, set_dotted
+from mtbert.config import ConfigError, RunConfig, encoder_layers, evaluations, from_dict, parse_value, set_dotted
 from search.checks import (
     apply,
     check_dimensions,
     check_ratio_grid,
     check_search_key,
-    evaluations,
     run_key_problem,
     value_at,
 )

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtbert.config import RunConfig, from_dict, phase_config, run_phases, set_dotted
+from mtbert.config import RunConfig, from_dict, set_dotted, total_steps
 
 # Set on the result of the trial's last evaluation when the trainer is known to stop there.
 COMPLETE_KEY = "trial_complete"
@@ -69,13 +69,6 @@ def data_signature(config: RunConfig) -> str:
         "seed": config.train.seed if capped else None,
     }
     return json.dumps(parts, sort_keys=True)
-
-
-def total_steps(config: RunConfig) -> int:
-    """The global step of a run's last evaluation (the steps of its multitask and specialist phases)."""
-    if not config.phases:
-        return config.train.max_steps
-    return sum(phase_config(config, i).train.max_steps for i, p in enumerate(run_phases(config)) if p.kind != "mlm")
 
 
 # ---- a trial's run config --------------------------------------------------------------------------

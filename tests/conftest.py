@@ -97,3 +97,13 @@ def small_run(data_dir, token_cache, tmp_path):
         return RunConfig().with_overrides({**base, **overrides})
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-matrix tests: a second thread gains nothing there, and
+    when other processes share two cores, OpenMP's waiting makes each step up to 40 times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

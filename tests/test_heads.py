@@ -40,14 +40,7 @@ HIDDEN = {"linear": ()}  # every other head gets one hidden layer of 16
 ALL_HEADS = [(task, kind) for task in HEADS for kind in HEADS[task]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices gain nothing from a second thread, and when other processes share the two
-    cores, OpenMP's waiting between threads makes each step up to 40 times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)

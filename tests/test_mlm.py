@@ -22,13 +22,7 @@ from mtbert.trainer import TaskData, prepare_data
 CLS, SEP, MASK, VOCAB = 101, 102, 103, 30522
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two cores shared with other processes: OpenMP's waiting makes a second thread a loss."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache
