@@ -12,7 +12,9 @@ import torch
 from mtbert.heads import HEADS, HeadOutput, compatibility, head_class
 from mtbert.losses import LOSSES, LossSpec, build_loss, compatible_losses, soft_bin_targets
 from mtbert.model import MultiTaskModel
-from test_heads import fresh_encoder, make_batch, one_thread, spec  # noqa: F401 (one_thread: a fixture)
+from test_heads import fresh_encoder, make_batch, spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loss(task: str, head: str, kind: str, weight: float = 1.0, **options):
