@@ -155,25 +155,44 @@ def build_schedule_for(config: RunConfig, data: TaskData) -> Any:
     return build_schedule(s.schedule, sizes, s.batch_size, seed=config.train.seed, **settings)
 
 
-@torch.inference_mode()
+@dataclass
+class TaskPredictions:
+    """A dataset's predictions in file order (``predict_outputs``)."""
+
+    ids: list[str]
+    label: torch.Tensor  # (N,) as ``Prediction.label``: sst class, para 0/1, sts score
+    probs: torch.Tensor | None  # sst (N, 5) class probabilities, para (N,) P(paraphrase); sts None
+    gold: torch.Tensor | None  # (N,) labels; None for a test set
+
+
 def predict(model: MultiTaskModel, task: str, ds: TaskDataset, device: torch.device, bf16: bool = False) -> tuple[list[str], torch.Tensor, torch.Tensor | None]:
     """(ids, predictions, gold labels or None) of a dataset in file order; batches sorted by length."""
+    out = predict_outputs(model, task, ds, device, bf16)
+    return out.ids, out.label, out.gold
+
+
+@torch.inference_mode()
+def predict_outputs(model: MultiTaskModel, task: str, ds: TaskDataset, device: torch.device,
+                    bf16: bool = False) -> TaskPredictions:  # fmt: skip
+    """``predict`` with the head's probabilities too (what ensembles average)."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(ds)), key=ds.lengths().__getitem__)
-    ids, preds, golds = [], [], []
+    ids, preds, probs, golds = [], [], [], []
     for start in range(0, len(order), EVAL_BATCH):
         batch = ds.collate([ds[i] for i in order[start : start + EVAL_BATCH]])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = model.predict(task, to_device(batch, device))
         ids += batch["ids"]
         preds.append(pred.label.cpu())
+        probs.append(None if pred.probs is None else pred.probs.float().cpu())
         golds.append(batch["labels"])
     model.train(was_training)
     back = torch.empty(len(order), dtype=torch.long)
     back[torch.tensor(order)] = torch.arange(len(order))  # position of each example in sorted order
-    labels = None if any(g is None for g in golds) else torch.cat(golds)[back]
-    return [ids[i] for i in back.tolist()], torch.cat(preds)[back], labels
+    gold = None if any(g is None for g in golds) else torch.cat(golds)[back]
+    prob = None if any(p is None for p in probs) else torch.cat(probs)[back]
+    return TaskPredictions([ids[i] for i in back.tolist()], torch.cat(preds)[back], prob, gold)
 
 
 def evaluate(model: MultiTaskModel, dev: dict[str, TaskDataset], device: torch.device, bf16: bool = False,
@@ -293,7 +312,7 @@ class Trainer:
         self.samples += sum(plan.values())
         values = {f"train_loss_{t}": v.item() for t, v in losses.items()}
         if any(not math.isfinite(v) for v in values.values()):
-            raise FloatingPointError(f"a training loss is not finite at step {self.step}: {values}")
+            raise FloatingPointError(f"a training loss is not finite at step {self.offset + self.step}: {values}")
         return {**values, **diagnostics}
 
     def run(self, on_eval: OnEval | None = None, on_step: Callable[[int], None] | None = None,

@@ -4,9 +4,12 @@
     mtbert-search resume DIR [--json] [--address ADDR]
     mtbert-search export DIR [--top-k K] --out OUT
     mtbert-search status DIR [--format text|csv|markdown]
+    mtbert-search ensemble DIR [--top-k K] [--retrain-seeds S] --out OUT [--json]
+    mtbert-search report DIR --out OUT
 
 Exit codes: 0 done, 2 bad input (found before Ray starts or any folder is made), 1 failure.
-The Ray-facing work is in ``search.tuner`` and ``search.trainable``; this module parses and prints.
+The Ray-facing work is in ``search.tuner``, ``search.trainable`` and ``search.ensemble``; this
+module parses and prints.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
-COMMANDS = ("resume", "export", "status")
+COMMANDS = ("resume", "export", "status", "ensemble", "report")
 TASK_ROWS = (
     ("sst", "accuracy", "sst_acc"), ("para (Quora)", "accuracy", "para_acc"), ("para (Quora)", "F1", "para_f1"),
     ("sts", "Pearson r", "sts_pearson"), ("sts", "Spearman rho", "sts_spearman"),
@@ -35,7 +38,9 @@ def search_parser() -> argparse.ArgumentParser:
         prog="mtbert-search",
         description="Search the hyperparameters of multi-task BERT fine-tuning with Ray Tune, Optuna (TPE) and ASHA.",
         epilog="Other commands: 'mtbert-search resume DIR', 'mtbert-search export DIR --out OUT [--top-k K]', "
-        "'mtbert-search status DIR [--format text|csv|markdown]'.",
+        "'mtbert-search status DIR [--format text|csv|markdown]', "
+        "'mtbert-search ensemble DIR [--top-k K] [--retrain-seeds S] --out OUT [--json]', "
+        "'mtbert-search report DIR --out OUT'.",
     )
     p.add_argument("space", help="search space YAML: a run config plus search: and tune: sections")
     p.add_argument(
@@ -65,10 +70,41 @@ def command_parser(command: str) -> argparse.ArgumentParser:
         p.description = "Copy the best trials' best checkpoints to OUT/rank-1 ... OUT/rank-K."
         p.add_argument("--top-k", type=int, default=1, help="how many trials (default 1)")
         p.add_argument("--out", required=True, help="folder to write rank-1 ... into")
+    elif command == "ensemble":
+        add_ensemble_arguments(p)
+    elif command == "report":
+        p.description = ("Write a self-contained HTML report of a search to OUT/index.html: the trials' table, "
+                         "learning curves, per-task scores, parameter importance, gradient conflict; "
+                         "the figures also as OUT/*.png.")  # fmt: skip
+        p.add_argument("--out", required=True,
+                       help="folder for index.html and the PNG figures (made if missing; an earlier report there "
+                       "is replaced)")  # fmt: skip
     else:
         p.description = "The trials of a search as a table."
         p.add_argument("--format", choices=("text", "csv", "markdown"), default="text")
     return p
+
+
+def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
+    from mtbert.ensemble import COMBINERS, DEFAULT_COMBINERS, DEFAULT_ROUNDS
+
+    p.description = (
+        "Combine the best trials of a search into one predictor per task: members and weights chosen "
+        "on the full dev sets by greedy forward selection with replacement (Caruana et al. 2004)."
+    )
+    p.add_argument("--top-k", type=int, default=3, help="how many trials, best first (default 3)")
+    p.add_argument("--retrain-seeds", type=int, default=0, metavar="S",
+                   help="also train each trial's config to its full budget with S new seeds, "
+                   "through Ray (default 0)")  # fmt: skip
+    p.add_argument("--out", required=True, help="folder for report.json, the prediction files and members/")
+    for task in ("sst", "para"):
+        default = DEFAULT_COMBINERS[task]
+        p.add_argument(f"--{task}", choices=list(COMBINERS[task]), default=default,
+                       help=f"how {task} predictions combine (default {default})")  # fmt: skip
+    p.add_argument("--max-rounds", type=int, default=DEFAULT_ROUNDS,
+                   help=f"most picks per task in the selection (default {DEFAULT_ROUNDS})")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="the report as one JSON object on stdout; progress on stderr")
+    p.add_argument("--address", help="Ray cluster for --retrain-seeds (default: $RAY_ADDRESS, else a local Ray)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] and argv[0] in COMMANDS:
         command = argv[0]
         args = command_parser(command).parse_args(argv[1:])
-        return {"resume": resume_main, "export": export_main, "status": status_main}[command](args)
+        mains = {"resume": resume_main, "export": export_main, "status": status_main, "ensemble": ensemble_main,
+                 "report": report_main}  # fmt: skip
+        return mains[command](args)
     return search_main(search_parser().parse_args(argv))
 
 
@@ -110,6 +148,9 @@ def search_main(args: argparse.Namespace) -> int:
         space.tune = dataclasses.replace(space.tune, name=name)
         space.notes.append(f"{taken} holds an earlier search (continue it with 'mtbert-search resume {taken}'); "
                            f"this one goes to {experiment_dir(space)}")  # fmt: skip
+    if (args.address or os.environ.get("RAY_ADDRESS")) and not space.tune.max_failures:
+        space.notes.append("tune.max_failures is 0: on a cluster, a trial on a node that is lost ends as ERROR; "
+                           "set it to 1 or more to continue such trials from their last checkpoints elsewhere")  # fmt: skip
     out = sys.stderr if args.json else sys.stdout
     for note in space.notes:
         print(note, file=out)
@@ -118,6 +159,18 @@ def search_main(args: argparse.Namespace) -> int:
 
     run = functools.partial(run_search, space, launch, text, address=args.address)
     return run_and_report(run, space, args.json, experiment_dir(space))
+
+
+def report_main(args: argparse.Namespace) -> int:
+    from search.report import write_report
+    from search.tuner import SearchError
+
+    try:
+        page = write_report(args.dir, args.out, log=lambda line: print(line, file=sys.stderr))
+    except SearchError as e:
+        return bad_input(e)
+    print(page)
+    return 0
 
 
 def resume_main(args: argparse.Namespace) -> int:
@@ -179,6 +232,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     best = summary["best"]
     states = ", ".join(f"{n} {s}" for s, n in sorted(summary["trial_states"].items()))
     print(f"\n{summary['trials']} trial(s): {states}")
+    for trial_id, error in summary.get("errors", {}).items():
+        print(f"trial {trial_id} failed: {error}")
+    for trial_id, reason in summary.get("stopped", {}).items():
+        print(f"trial {trial_id} stopped itself: {reason}")
     if best is None:
         return
     print(f"best trial {best['trial_id']}: {summary['metric']} {best['selection'].get(summary['metric'], float('nan')):.4f} "
@@ -227,6 +284,39 @@ def status_main(args: argparse.Namespace) -> int:
     except SearchError as e:
         return bad_input(e)
     sys.stdout.write(render(table(results, space), args.format))
+    return 0
+
+
+def ensemble_main(args: argparse.Namespace) -> int:
+    from mtbert.checkpoint import CheckpointError
+    from search.ensemble import build, plan, print_report
+    from search.tuner import SearchError
+
+    try:  # everything that can be wrong with the input is found before Ray starts or a file is written
+        request = plan(args.dir, args.out, args.top_k, args.retrain_seeds, {"sst": args.sst, "para": args.para},
+                       args.max_rounds)  # fmt: skip
+    except SearchError as e:
+        return bad_input(e)
+    out = sys.stderr if args.json else sys.stdout
+
+    def log(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            report = build(request, address=args.address, log=log)
+    except (RuntimeError, CheckpointError) as e:
+        print(f"mtbert-search ensemble: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mtbert-search ensemble: interrupted; the same command continues: the members' outputs in "
+              f"{request.out / 'members'} and the retraining in {request.out / 'retrain'} are reused",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report)
     return 0
 
 

@@ -26,7 +26,16 @@ from typing import Any
 
 import yaml
 
-from mtbert.config import ConfigError, RunConfig, encoder_layers, evaluations, from_dict, parse_value, set_dotted
+from mtbert.config import (
+    ConfigError,
+    RunConfig,
+    encoder_layers,
+    evaluations,
+    flatten,
+    from_dict,
+    parse_value,
+    set_dotted,
+)
 from search.checks import (
     apply,
     check_dimensions,
@@ -99,7 +108,7 @@ class Space:
         chosen = self.chosen(params)
         try:
             config = apply(self.base, chosen)
-            return shrink(config) if self.smoke else config
+            return shrink(config, like=self.base) if self.smoke else config
         except ConfigError as e:
             raise SpaceError(self.path, e.key, f"{e.message} (trial values: {self.decode(params)})") from None
 
@@ -153,15 +162,22 @@ def load_space(
 # ---- the run config ----------------------------------------------------------------------------
 
 
-def shrink(config: RunConfig) -> RunConfig:
-    """The smoke-test version of a run: tiny encoder, a few rows and steps, every phase short."""
+def shrink(config: RunConfig, like: RunConfig | None = None) -> RunConfig:
+    """The smoke-test version of a run: tiny encoder, a few rows and steps, every phase short.
+    ``like`` (a space's smoke base, --set values included) gives the values instead of the smoke
+    defaults, and the phase lengths when a trial's phases are the base's."""
     data = config.to_dict()
-    for key, value in SMOKE_RUN.items():
-        set_dotted(data, key, value, None)
+    smoke = flatten(like.to_dict()) if like is not None else SMOKE_RUN
+    for key in SMOKE_RUN:
+        set_dotted(data, key, smoke[key], None)
     data["model"]["freeze_depth"] = min(data["model"]["freeze_depth"], encoder_layers("tiny"))
-    for phase in data["phases"]:
+    same_phases = like is not None and [p.kind for p in like.phases] == [p["kind"] for p in data["phases"]]
+    for i, phase in enumerate(data["phases"]):
+        if same_phases:
+            phase["steps"], phase["eval_every"] = like.phases[i].steps, like.phases[i].eval_every
+            continue
         phase["steps"] = SMOKE_PHASE_STEPS[phase["kind"]]
-        phase["eval_every"] = None if phase["kind"] == "mlm" else SMOKE_RUN["train.eval_every"]
+        phase["eval_every"] = None if phase["kind"] == "mlm" else smoke["train.eval_every"]
     return from_dict(data)
 
 
@@ -228,6 +244,10 @@ def _read(path: Path) -> dict[str, Any]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tag = (e.problem or "").partition("constructor for the tag ")[2].replace("tag:yaml.org,2002:", "!!")
+        if tag:  # !!python/object/...: _Loader is a SafeLoader, which builds no Python objects
+            raise SpaceError(path, "yaml", f"tag {tag}{where} is refused: YAML is read with safe_load, which builds "
+                             "plain values, never Python objects") from None  # fmt: skip
         raise SpaceError(path, "yaml", f"not valid YAML{where}: {e.problem}") from None
     except yaml.YAMLError as e:
         raise SpaceError(path, "yaml", f"not valid YAML: {e}") from None

@@ -570,6 +570,13 @@ def test_smoke_shrinks_everything(tmp_path):
         assert config.model.encoder == "tiny" and config.train.max_steps == 8
     again = load_space(space.path, {"tune.num_samples": "2"}, profile="cpu", smoke=True)
     assert again.tune.num_samples == 2  # --set comes after --smoke
+    # and every trial gets the --set values, which the budget (max_t) counts on
+    longer = load_space(space.path, {"phases.2.steps": "12", "data.max_train_per_task": "100"}, profile="cpu",
+                        smoke=True)  # fmt: skip
+    assert longer.max_evaluations() == 4 + 6
+    for params in ask(longer, 3):
+        config = longer.config_for(params)
+        assert [p.steps for p in config.phases] == [2, 8, 12] and config.data.max_train_per_task == 100
 
 
 def test_set_overrides_of_each_kind(tmp_path):
