@@ -20,6 +20,10 @@ frozen bottom) has, instead of ``encoder/``:
 
 ``load_checkpoint`` rebuilds it through ``merge_encoders``, which checks that the embeddings and
 the bottom ``k`` layers of every task are bit-identical, and shares them again as one set.
+
+Loading refuses a checkpoint holding any pickle (``heads.pt``, ``pytorch_model.bin``, ``state.pkl``,
+or a pickle under a safetensors name), found by name or by its first bytes, and names the file:
+unpickling runs whatever code the file names.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 STATE_DIR = "state"
+WEIGHTS_FILE = "model.safetensors"  # an encoder's weights in a checkpoint
+
+# Files named like pickles (torch.save, pickle, joblib): loading one can run any code it names.
+PICKLE_SUFFIXES = frozenset({".bin", ".ckpt", ".joblib", ".pickle", ".pkl", ".pt", ".pth", ".tar"})
+READ_ONLY = "a checkpoint is read only as safetensors, JSON and YAML; nothing in it is unpickled"
 
 
 class CheckpointError(ValueError):
@@ -88,7 +97,7 @@ def _save_encoder(directory: Path, encoder: Any, tokenizer: Any) -> None:
 
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(encoder.config.to_hf(), indent=2))
-    save_file(_contiguous(encoder.state_dict()), str(directory / "model.safetensors"))
+    save_file(_contiguous(encoder.state_dict()), str(directory / WEIGHTS_FILE))
     tokenizer.save_pretrained(str(directory))
 
 
@@ -98,14 +107,19 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     from mtbert.pretrained import EncoderLoadError, load_encoder, state_dict_problems
 
     directory = Path(directory)
+    if directory.is_file():
+        problem = _pickle_problem(directory)
+        raise CheckpointError(problem or f"{directory} is a file; a checkpoint is a directory ({CONFIG_FILE}, ...)")
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint {directory} does not exist")
+    refuse_pickles(directory)
     merged = (directory / MERGED_FILE).exists() or (directory / ENCODERS_DIR).exists()
-    for name in (CONFIG_FILE, HEADS_FILE, METRICS_FILE, MERGED_FILE if merged else ENCODER_DIR):
+    needed = [MERGED_FILE] if merged else [ENCODER_DIR, f"{ENCODER_DIR}/{WEIGHTS_FILE}"]
+    for name in (CONFIG_FILE, HEADS_FILE, METRICS_FILE, *needed):
         if not (directory / name).exists():
             raise CheckpointError(
                 f"{directory / name} is missing; a checkpoint holds {CONFIG_FILE}, {HEADS_FILE}, {METRICS_FILE} "
-                f"and {ENCODER_DIR}/ (a merged model: {ENCODERS_DIR}/<task>/ and {MERGED_FILE} instead)"
+                f"and {ENCODER_DIR}/ with {WEIGHTS_FILE} (a merged model: {ENCODERS_DIR}/<task>/ and {MERGED_FILE} instead)"
             )
     try:
         config = load_config(directory / CONFIG_FILE)
@@ -154,6 +168,8 @@ def _load_task_encoders(directory: Path, needed: list[str]) -> tuple[TaskEncoder
     for task in tasks:
         if not (directory / ENCODERS_DIR / task).is_dir():
             raise CheckpointError(f"{directory / ENCODERS_DIR / task} is missing; {MERGED_FILE} lists task {task!r}")
+        if not (directory / ENCODERS_DIR / task / WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"{directory / ENCODERS_DIR / task / WEIGHTS_FILE} is missing; {READ_ONLY}")
         encoders[task] = load_encoder_dir(directory / ENCODERS_DIR / task)
     try:
         merged = merge_encoders(encoders, depth)
@@ -177,6 +193,8 @@ def write_state(directory: Path, state: dict[str, Any]) -> None:
 
 def read_state(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory) / STATE_DIR
+    if directory.is_dir():
+        refuse_pickles(directory)
     if not (directory / "state.json").is_file():
         raise CheckpointError(f"{directory / 'state.json'} is missing: the checkpoint was not saved for resuming")
     tensors = _read_safetensors(directory / "state.safetensors")
@@ -217,10 +235,53 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
+    problem = _pickle_problem(path)
+    if problem:
+        raise CheckpointError(problem)
     try:
         return load_file(str(path))
-    except Exception as e:  # truncated, not safetensors at all (a pickle, say)
+    except Exception as e:  # truncated, or not safetensors at all
         raise CheckpointError(f"{path} is not a readable safetensors file: {type(e).__name__}: {e}") from None
+
+
+# ---- refusing pickles ----------------------------------------------------------------------------
+
+
+def refuse_pickles(directory: Path) -> None:
+    """Raise ``CheckpointError`` naming the first file under ``directory`` that is a pickle, by its
+    name (``heads.pt``, ``pytorch_model.bin``, ``state.pkl``) or by its first bytes (a pickle or a
+    ``torch.save`` archive under any name, ``heads.safetensors`` included). save_checkpoint never
+    writes one, so a checkpoint holding one was made or changed by something else."""
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        problem = _pickle_problem(path)
+        if problem:
+            raise CheckpointError(problem)
+
+
+def _pickle_problem(path: Path) -> str | None:
+    kind = _pickle_kind(path)
+    if kind is None and path.suffix.lower() in PICKLE_SUFFIXES:
+        kind = f"named {path.suffix}"
+    if kind is None:
+        return None
+    if path.suffix == ".safetensors":
+        return f"{path} is not a readable safetensors file: it is a pickle ({kind}); {READ_ONLY}"
+    return f"{path} is a pickle ({kind}), which is never loaded; {READ_ONLY}"
+
+
+def _pickle_kind(path: Path) -> str | None:
+    """What the first bytes of ``path`` say it is, if a pickle: None for anything else.
+    safetensors starts with an 8-byte header length, then ``{``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, the torch.save format"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode, protocols 2-5
+        return f"pickle protocol {head[1]}"
+    return None
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -286,6 +286,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, secti
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
+        tag = (getattr(e, "problem", None) or "").partition("constructor for the tag ")[2]
+        if tag:  # !!python/object/...: safe_load builds no Python objects
+            mark = e.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            tag = tag.replace("tag:yaml.org,2002:", "!!")
+            message = f"tag {tag}{where} is refused: YAML is read with safe_load, which builds plain values, "
+            raise ConfigError("yaml", message + "never Python objects", str(path)) from None
         raise ConfigError("yaml", f"not valid YAML: {e}", str(path)) from None
     if not isinstance(data, dict):
         raise ConfigError("top level", f"must be a mapping of sections, got {type(data).__name__}", str(path))

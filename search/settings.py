@@ -30,12 +30,18 @@ class TuneSettings:
     max_t: int | None = None  # ASHA's last rung, in evaluations; null: as many as a full trial reports
     max_concurrent: int | None = None  # null: as many as the resources allow
     cpus_per_trial: float = 1
-    gpus_per_trial: float = 0  # a fraction packs several trials on one GPU (0.5: two)
+    # A fraction packs several trials on one GPU (0.5: two). A trial trains on the GPU Ray gives it
+    # (train.device: auto), and fails with a clear error if torch cannot use that GPU.
+    gpus_per_trial: float = 0
     time_budget_s: float | None = None  # the whole search; null: no limit
     seed: int = 0  # the Optuna sampler's seed (each trial's own seed is train.seed)
     storage_path: str = "results"  # made absolute against the current directory when read
     name: str | None = None  # the experiment folder under storage_path; null: the space file's stem
-    max_failures: int = 0  # retries of a failed trial
+    # Retries of a failed trial, each from its last checkpoint. A failure is an exception in the
+    # trial or the loss of its node (only an autoscaler's drain of a preempted node is not counted):
+    # on a cluster, 1 or more lets a lost node's trials go on elsewhere. A trial whose loss stops
+    # being finite ends itself (stop_reason) and is not retried.
+    max_failures: int = 0
     keep_checkpoints: int = 1  # per trial: 1 keeps the best, 2 keeps the best and the last
     eval_subset: int | None = None  # dev rows per task in the evaluations (data.max_eval_per_task)
     # After the search: "best" scores the best trial's checkpoint on the full dev sets and writes

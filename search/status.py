@@ -2,7 +2,10 @@
 
 One row per trial, best first: Tune's status, Optuna's state (COMPLETE, PRUNED when ASHA stopped
 it, FAIL), the evaluations it reported, its sampled settings (dotted keys, real values), and its
-best evaluation's metric and per-task scores on the selection subset.
+best evaluation's metric and per-task scores on the selection subset. When a trial failed or
+stopped itself, a last ``note`` column says why: the exception of an errored trial (its last
+failure), the reason of a trial that ended on a non-finite loss, or how often a trial that went on
+had failed (a lost node, say) before it succeeded.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from search.export import decoded
 from search.tuner import SCORE_KEYS, SearchResults
 
 FORMATS = ("text", "csv", "markdown")
+NOTE_WIDTH = 72  # the text table's note column
 
 
 def table(results: SearchResults, space: Any = None) -> Any:
@@ -32,11 +36,27 @@ def table(results: SearchResults, space: Any = None) -> Any:
         for key in dict.fromkeys((results.metric, *SCORE_KEYS)):
             row[key] = best.get(key)
         row["step"] = best.get("step")
+        row["note"] = note(t)
         rows.append(row)
     df = pd.DataFrame(rows)
+    if len(df) and not df["note"].any():
+        df = df.drop(columns="note")
     if len(df):
         df = df.sort_values(results.metric, ascending=results.mode == "min", na_position="last", kind="stable")
     return df.reset_index(drop=True)
+
+
+def note(trial: Any) -> str:
+    """Why a trial ended the way it did, in one line; empty for a trial that simply ran."""
+    if trial.status == "ERROR":
+        message = trial.error_message() or "no error file"
+        return f"failed ({trial.failures}x): " + message.splitlines()[0]
+    if trial.stop_reason:
+        return trial.stop_reason
+    if trial.failures:
+        went_on = "then went on from its last checkpoint" if trial.status == "TERMINATED" else "retrying"
+        return f"failed {trial.failures}x, {went_on}"
+    return ""
 
 
 def render(df: Any, fmt: str = "text") -> str:
@@ -46,7 +66,13 @@ def render(df: Any, fmt: str = "text") -> str:
         return df.to_csv(index=False)
     if fmt == "markdown":
         return markdown(df)
-    return df.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}") + "\n"
+    formatters: dict[str, Any] = {}
+    if "note" in df.columns:  # free text last, left-aligned and cut short (csv and markdown keep it whole)
+        notes = [v if len(v) <= NOTE_WIDTH else v[: NOTE_WIDTH - 3] + "..." for v in df["note"].fillna("")]
+        width = max(len("note"), *map(len, notes))
+        df = df.drop(columns="note").assign(**{"note".ljust(width): [v.ljust(width) for v in notes]})
+        formatters["note".ljust(width)] = str
+    return df.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}", formatters=formatters) + "\n"
 
 
 def markdown(df: Any) -> str:

@@ -16,13 +16,21 @@ prepared tokenises its own data through the on-disk token cache, and says so.
 Timings reported with each result (for ``benchmarks/search_overhead.py``):
 ``train_seconds`` (time inside training steps in this trial so far, its evaluations left out),
 ``trial_started_at`` (wall clock when the trainable was entered) and ``first_step_at`` (wall clock
-when the first training step of this trial began).
+when the first training step of this trial began). Where it ran: ``node_id`` (the Ray node) and
+``gpu_ids`` (the GPUs Ray gave it, comma-separated; empty on CPUs), next to Tune's ``hostname``.
+
+A trial whose training loss stops being finite (the trainer's ``FloatingPointError``) ends itself:
+it reports one last result with the search metric as NaN and ``stop_reason``, and returns, so Tune
+ends it TERMINATED without a retry, ASHA leaves it out of its cutoffs, and Optuna records it as
+PRUNED at that evaluation (TPE ranks a NaN as the worst value at its step). Retrying would diverge
+again from the same checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import socket
 import sys
 import tempfile
 import time
@@ -36,6 +44,8 @@ from mtbert.config import RunConfig, from_dict, set_dotted, total_steps
 
 # Set on the result of the trial's last evaluation when the trainer is known to stop there.
 COMPLETE_KEY = "trial_complete"
+# Set on the last result of a trial that ended itself before its budget (a non-finite loss): why.
+STOP_KEY = "stop_reason"
 # Branches of a space's categorical choices tried when listing data signatures.
 MAX_SIGNATURE_PROBES = 256
 
@@ -308,6 +318,37 @@ def available_cpus(default: float = 1.0) -> int:
     return max(1, int(resources.get("CPU", default)))
 
 
+def placement() -> dict[str, str]:
+    """Where this trial runs: the Ray node's id and the GPUs Ray gave it (empty outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {"node_id": "", "gpu_ids": ""}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
+
+
+def device_problem(device: str, gpu_ids: str, cuda: bool, gpus_per_trial: float) -> str | None:
+    """Why a trial cannot train on ``train.device`` with the GPUs Ray gave it (``gpu_ids``, which Ray
+    also puts in CUDA_VISIBLE_DEVICES) and whether torch sees CUDA; None when it can. A GPU Ray
+    reserved that torch cannot use would make ``auto`` train on the CPU, tens of times slower than
+    the search was planned for, so that is an error rather than a quiet fallback."""
+    ids = [g for g in gpu_ids.split(",") if g]
+    if device == "cpu":
+        return None  # a GPU reserved and left idle wastes it, but trains as asked
+    if ids and not cuda:
+        return (f"Ray gave this trial GPU {','.join(ids)} (tune.gpus_per_trial is {gpus_per_trial:g}), but torch sees "
+                f"no CUDA device on {socket.gethostname()} (a CPU-only torch build, or no GPU driver); to train on "
+                "CPUs, set tune.gpus_per_trial: 0 (or train.device: cpu)")  # fmt: skip
+    if device.startswith("cuda") and not ids:
+        return (f"train.device is {device!r}, but Ray gave this trial no GPU (tune.gpus_per_trial is "
+                f"{gpus_per_trial:g}); set tune.gpus_per_trial (0.5: two trials share a GPU) or train.device: auto")  # fmt: skip
+    index = device.partition(":")[2]
+    if ids and index.isdigit() and int(index) >= len(ids):
+        return (f"train.device is {device!r}, but a trial sees only the {len(ids)} GPU(s) Ray gave it, as "
+                f"cuda:0 to cuda:{len(ids) - 1}; use train.device: auto or cuda")  # fmt: skip
+    return None
+
+
 def run_trial(params: dict[str, Any], *, setup: TrialSetup, data: dict[str, Any] | None = None) -> None:
     """One trial: train the run config of ``params`` and report every evaluation to Tune."""
     import ray
@@ -319,6 +360,12 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup, data: dict[str, Any]
     started_at = time.time()
     torch.set_num_threads(available_cpus(getattr(setup.space.tune, "cpus_per_trial", 1) or 1))
     config = setup.config(params)
+    where = placement()
+    if where["node_id"]:  # inside Ray: the GPUs it gave this trial must be the ones it trains on
+        problem = device_problem(config.train.device, where["gpu_ids"], torch.cuda.is_available(),
+                                 getattr(setup.space.tune, "gpus_per_trial", 0) or 0)  # fmt: skip
+        if problem:
+            raise RuntimeError(problem)
     signature = data_signature(config)
     shared = (data or {}).get(signature)
     task_data = _local_copy(signature, shared, ray.get) if shared is not None else None
@@ -328,12 +375,21 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup, data: dict[str, Any]
     last_step = total_steps(config)
     metric = getattr(setup.space.tune, "metric", "overall")
     clock = StepClock()
+    reached = {"step": 0}  # the last global step done, for a trial that ends itself
+
+    def on_step(step: int) -> None:
+        clock.step(step)
+        reached["step"] = step
+
+    def timings() -> dict[str, Any]:
+        return {"train_seconds": clock.seconds, "trial_started_at": started_at, "first_step_at": clock.first_step_at,
+                **where}  # fmt: skip
 
     def on_eval(step: int, metrics: dict[str, float], save: Callable[[Path], Path]) -> None:
         # the search metric and three task scores first: Tune's progress table shows the first four
         first = {k: metrics[k] for k in (metric, "sst_acc", "para_acc", "sts_pearson") if k in metrics}
         report = {**first, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-        report.update(train_seconds=clock.seconds, trial_started_at=started_at, first_step_at=clock.first_step_at)
+        report.update(timings())
         if step >= last_step:
             report[COMPLETE_KEY] = True
         # Tune copies the checkpoint into the trial's folder within report(); the temporary copy goes after.
@@ -344,8 +400,22 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup, data: dict[str, Any]
 
     checkpoint = tune.get_checkpoint()
     clock.begin()
-    if checkpoint is None:
-        train(config, data=task_data, on_eval=on_eval, on_step=clock.step)
-        return
-    with checkpoint.as_directory() as resume:
-        train(config, data=task_data, on_eval=on_eval, on_step=clock.step, resume=resume)
+    try:
+        if checkpoint is None:
+            train(config, data=task_data, on_eval=on_eval, on_step=on_step)
+            return
+        with checkpoint.as_directory() as resume:
+            reached["step"] = _checkpoint_step(resume)
+            train(config, data=task_data, on_eval=on_eval, on_step=on_step, resume=resume)
+    except FloatingPointError as e:  # a loss went NaN or inf: end here (see the module doc)
+        print(f"search: trial stopped: {e}", file=sys.stderr, flush=True)
+        tune.report({metric: float("nan"), "step": reached["step"] + 1, STOP_KEY: str(e), **timings()})
+
+
+def _checkpoint_step(directory: str | Path) -> int:
+    from mtbert.checkpoint import METRICS_FILE
+
+    try:
+        return int(json.loads((Path(directory) / METRICS_FILE).read_text()).get("step", 0))
+    except (OSError, ValueError, TypeError):
+        return 0

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +33,11 @@ from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
+from search.retention import KeepRestorable, drop_kept, restore_kept
 from search.tensorboard import TrialBoard
 from search.trainable import (
     COMPLETE_KEY,
+    STOP_KEY,
     TrialSetup,
     fixed_settings,
     prepare_shared,
@@ -57,6 +61,10 @@ TUNE_KEYS = frozenset({
 })  # fmt: skip
 
 
+# the first line of an exception at the end of a traceback: "ray.exceptions.RayTaskError(RuntimeError): ..."
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)(\([\w.]+\))?: ")
+
+
 class SearchError(ValueError):
     """Bad input to a search command (a folder that holds no search, say); the message says why."""
 
@@ -75,7 +83,8 @@ class PruningOptunaSearch(OptunaSearch):
     (by ASHA, or the time budget) and is PRUNED, and Optuna takes its last intermediate value as
     its value; TPE then ranks it below completed trials, by how far it got. Either way the result
     the trial was stopped on, which Tune does not pass to ``on_trial_result``, is recorded first,
-    so the intermediate values are every evaluation the trial reported.
+    so the intermediate values are every evaluation the trial reported. A trial that ended itself
+    on a non-finite loss (``stop_reason``) is PRUNED too, its NaN the last intermediate value.
     """
 
     def __init__(self, *args: Any, max_t: int | None = None, **kwargs: Any):
@@ -100,8 +109,10 @@ class PruningOptunaSearch(OptunaSearch):
                 or isinstance(self.metric, list) or result.get(self.metric) is None):  # fmt: skip
             return super().on_trial_complete(trial_id, result=result, error=error)
         step = result.get(TRAINING_ITERATION, 0)
-        finished = (bool(result.get(COMPLETE_KEY)) or (self._max_t is not None and step >= self._max_t)
-                    or trial_id in self._repeated)  # fmt: skip
+        finished = not result.get(STOP_KEY) and (
+            bool(result.get(COMPLETE_KEY)) or (self._max_t is not None and step >= self._max_t)
+            or trial_id in self._repeated
+        )  # fmt: skip
         ot_trial = self._ot_trials[trial_id]
         if self._reported.get(trial_id, 0) < step:  # the result the trial was stopped on
             ot_trial.report(result[self.metric], step)
@@ -263,8 +274,25 @@ def connect(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True, logging_config=quiet, runtime_env=env)
     else:  # "local": never attach to another user's cluster on this machine by accident
-        ray.init(address="local", include_dashboard=False, log_to_driver=True, logging_config=quiet,
-                 runtime_env=env)  # fmt: skip
+        # A local Ray serves this machine alone, so its servers listen on 127.0.0.1 only. Ray binds
+        # all interfaces unless its node address is the loopback one, and Ray 2.60 swaps a loopback
+        # _node_ip_address for the machine's routable address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+        # is off, which it reads once, at import: hence the constant as well. Ray's processes start
+        # with the variable and keep it; this process gets both back once Ray is up.
+        from ray._private import ray_constants
+
+        variable = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+        saved = os.environ.get(variable), ray_constants.ENABLE_RAY_CLUSTER
+        os.environ[variable], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+        try:
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True,
+                     logging_config=quiet, runtime_env=env)  # fmt: skip
+        finally:
+            if saved[0] is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = saved[0]
+            ray_constants.ENABLE_RAY_CLUSTER = saved[1]
     # With keep_checkpoints, Tune snapshots the experiment state at every checkpoint, on purpose
     # (the snapshot must know which checkpoint files exist), and warns each time trials are short.
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
@@ -323,7 +351,7 @@ def build_tuner(space: Any, setup: TrialSetup, refs: dict[str, Any], callbacks: 
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=t.metric, checkpoint_score_order=t.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            callbacks=[TensorBoardCallback(space, t.metric), *callbacks],
+            callbacks=[TensorBoardCallback(space, t.metric), KeepRestorable(), *callbacks],
         ),
     )  # fmt: skip
 
@@ -344,6 +372,7 @@ def run_search(space: Any, launch: Launch, space_text: str, *, address: str | No
     try:
         tuner = build_tuner(space, setup, shared_data(setup, log))
         tuner.fit()
+        drop_kept(experiment)
     finally:
         if started:
             _shutdown()
@@ -362,11 +391,15 @@ def resume_search(experiment: Path, space: Any, launch: Launch, *, address: str 
         if not tune.Tuner.can_restore(str(experiment)):
             raise SearchError(f"{experiment} holds no Ray Tune state to resume (was the search killed before "
                               "its first trial started?)")  # fmt: skip
+        for path in restore_kept(experiment):
+            log(f"{path.parent.name}: its latest checkpoint was deleted after the search's state was saved; "
+                f"continuing from the copy kept for this ({path.name})")  # fmt: skip
         tuner = tune.Tuner.restore(
             str(experiment), trainable=build_trainable(setup, shared_data(setup, log)), resume_unfinished=True,
             restart_errored=True,
         )  # fmt: skip
         tuner.fit()
+        drop_kept(experiment)
     finally:
         if started:
             _shutdown()
@@ -393,7 +426,15 @@ class TrialRecord:
     checkpoint: Path | None  # the checkpoint of the best result
     path: Path
     state: str | None = None  # Optuna's: COMPLETE, PRUNED, FAIL, RUNNING
-    error: str | None = None
+    error: str | None = None  # the path of Tune's error.txt, if the trial ever failed
+    stop_reason: str | None = None  # why it ended itself before its budget (a non-finite loss)
+    failures: int = 0  # the times it failed (an exception, or its node was lost), retries included
+
+    def error_message(self) -> str | None:
+        """The exception its last failure raised, in a line or a few (None if it never failed)."""
+        if not self.error or not Path(self.error).is_file():
+            return None
+        return error_message(Path(self.error).read_text())
 
 
 @dataclass
@@ -430,11 +471,14 @@ def load_results(experiment: str | Path) -> SearchResults:
         df = frames.get(trial.trial_id)
         rows = df.to_dict("records") if df is not None and len(df) else []
         rows = [r for r in rows if r.get(launch.metric) is not None]
+        # a trial that stopped on a non-finite loss reports NaN last: its best is an earlier evaluation
+        scored = [r for r in rows if _finite(r[launch.metric])]
         best = None
-        if rows:
+        if scored:
             pick = max if launch.mode == "max" else min
-            best = pick(rows, key=lambda r: r[launch.metric])
-        checkpoint = analysis.get_best_checkpoint(trial, launch.metric, launch.mode) if rows else None
+            best = pick(scored, key=lambda r: r[launch.metric])
+        checkpoint = analysis.get_best_checkpoint(trial, launch.metric, launch.mode) if scored else None
+        stop = rows[-1].get(STOP_KEY) if rows else None
         state = None
         if searcher is not None:
             ot = searcher.optuna_trial(trial.trial_id)
@@ -443,7 +487,8 @@ def load_results(experiment: str | Path) -> SearchResults:
             trial_id=trial.trial_id, status=trial.status, iterations=int(rows[-1][TRAINING_ITERATION]) if rows else 0,
             params=dict(trial.config), best=best, last=rows[-1] if rows else None,
             checkpoint=Path(checkpoint.path) if checkpoint is not None else None, path=Path(trial.path), state=state,
-            error=_error_file(trial),
+            error=_error_file(trial), stop_reason=stop if isinstance(stop, str) else None,
+            failures=trial.run_metadata.num_failures,
         ))  # fmt: skip
     return SearchResults(experiment, launch.metric, launch.mode, trials)
 
@@ -451,6 +496,21 @@ def load_results(experiment: str | Path) -> SearchResults:
 def _error_file(trial: Any) -> str | None:
     name = trial.run_metadata.error_filename
     return str(Path(trial.path) / name) if name else None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def error_message(text: str, max_lines: int = 3) -> str:
+    """The exception at the end of a Tune error.txt (``Failure # N ...`` then a traceback), without
+    the traceback: ``RuntimeError: ...`` and the lines of its message, at most ``max_lines``."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    # Tune's file holds the latest failure last; a Ray traceback ends with the exception's lines
+    start = next((i for i in range(len(lines) - 1, -1, -1) if _EXCEPTION_LINE.match(lines[i])), None)
+    if start is None:
+        return "\n".join(lines[-max_lines:])
+    return "\n".join(lines[start : start + max_lines])
 
 
 # ---- the end of a search -------------------------------------------------------------------------
@@ -471,6 +531,11 @@ def summarize(results: SearchResults, space: Any, *, final_eval: str | None = No
         "experiment": str(results.experiment), "metric": results.metric, "mode": results.mode,
         "trials": len(results.trials), "trial_states": states, "final_eval": final_eval, "best": None,
     }  # fmt: skip
+    # why trials ended early or failed: the exception of each errored trial (after its retries),
+    # the reason of each that stopped itself (a non-finite loss)
+    errors = {t.trial_id: t.error_message() or "(no error file)" for t in results.trials if t.status == "ERROR"}
+    stopped = {t.trial_id: t.stop_reason for t in results.trials if t.stop_reason}
+    summary.update(errors=errors, stopped=stopped)
     ranked = results.ranked()
     if ranked:
         best = ranked[0]

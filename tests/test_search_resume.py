@@ -66,7 +66,10 @@ def test_resume_after_sigkill_keeps_finished_trials_and_completes(data_dir, toke
     summary = json.loads(out.stdout)
     after = load_results(experiment)
     assert len(after.trials) == NUM_SAMPLES == summary["trials"]
-    assert all(t.status == "TERMINATED" for t in after.trials)
+    assert all(t.status == "TERMINATED" for t in after.trials), (
+        [(t.trial_id, t.status, t.error and Path(t.error).read_text()[-2000:]) for t in after.trials],
+        out.stderr[-4000:],
+    )
     for trial_id, rows in done_before.items():  # finished trials are kept as they were
         assert trial_rows(experiment / f"trial_{trial_id}") == rows, trial_id
     resumed = 0
@@ -76,6 +79,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_completes(data_dir, toke
         assert [r["step"] for r in rows] == [EVAL_EVERY * r["training_iteration"] for r in rows], t.trial_id
         resumed += any(r["iterations_since_restore"] == 1 and r["training_iteration"] > 1 for r in rows)
     assert resumed >= 1  # at least one trial continued from its checkpoint rather than from step 0
+    assert not list(experiment.glob("trial_*/.kept-*"))  # the copies kept for a resume are gone at the end
     study = load_searcher(experiment).study()
     assert len(study.trials) == NUM_SAMPLES
     assert {s.state.name for s in study.trials} <= {"COMPLETE", "PRUNED"}
