@@ -39,9 +39,9 @@ class TuneSettings:
     name: str | None = None  # the experiment folder under storage_path; null: the space file's stem
     # Retries of a failed trial, each from its last checkpoint. A failure is an exception in the
     # trial or the loss of its node (only an autoscaler's drain of a preempted node is not counted):
-    # on a cluster, 1 or more lets a lost node's trials go on elsewhere. A trial whose loss stops
-    # being finite ends itself (stop_reason) and is not retried.
-    max_failures: int = 0
+    # the default 2 lets a lost node's trials go on elsewhere, on a cluster of spot instances too. A
+    # trial whose loss stops being finite ends itself (stop_reason) and is not retried.
+    max_failures: int = 2
     keep_checkpoints: int = 1  # per trial: 1 keeps the best, 2 keeps the best and the last
     eval_subset: int | None = None  # dev rows per task in the evaluations (data.max_eval_per_task)
     # After the search: "best" scores the best trial's checkpoint on the full dev sets and writes
