@@ -274,6 +274,18 @@ class RunConfig:
 # ---- reading -----------------------------------------------------------------------------------
 
 
+def refused_tag(error: yaml.YAMLError) -> str | None:
+    """The message for a YAML tag that would build a Python object (``!!python/object/...``), which
+    a safe loader refuses; None for any other YAML error."""
+    tag = (getattr(error, "problem", None) or "").partition("constructor for the tag ")[2]
+    if not tag:
+        return None
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    tag = tag.replace("tag:yaml.org,2002:", "!!")
+    return f"tag {tag}{where} is refused: YAML is read with safe_load, which builds plain values, never Python objects"
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None, section: bool = True) -> RunConfig:
     """Read a run config from YAML (``yaml.safe_load`` only), apply ``--set`` overrides and validate.
 
@@ -286,14 +298,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, secti
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        tag = (getattr(e, "problem", None) or "").partition("constructor for the tag ")[2]
-        if tag:  # !!python/object/...: safe_load builds no Python objects
-            mark = e.problem_mark
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            tag = tag.replace("tag:yaml.org,2002:", "!!")
-            message = f"tag {tag}{where} is refused: YAML is read with safe_load, which builds plain values, "
-            raise ConfigError("yaml", message + "never Python objects", str(path)) from None
-        raise ConfigError("yaml", f"not valid YAML: {e}", str(path)) from None
+        raise ConfigError("yaml", refused_tag(e) or f"not valid YAML: {e}", str(path)) from None
     if not isinstance(data, dict):
         raise ConfigError("top level", f"must be a mapping of sections, got {type(data).__name__}", str(path))
     if section:

@@ -216,11 +216,11 @@ def retrain(p: Plan, *, address: str | None = None,
             log: Log = print) -> tuple[dict[str, tuple[Path, float]], dict[str, str]]:  # fmt: skip
     """Train every (trial, seed) of the plan as a Ray Tune grid in ``OUT/retrain`` (continuing an
     interrupted one); returns ``{member name: (best checkpoint, its score)}`` and ``{member name: error}``."""
-    import ray
     from ray import tune
 
+    from search.retention import drop_kept
     from search.trainable import TrialSetup, fixed_settings, prepare_shared, share
-    from search.tuner import TensorBoardCallback, connect, saved_space, trial_dirname
+    from search.tuner import build_trainable, ray_session, restore_tuner, run_config, saved_space, trial_dirname
 
     space, launch = saved_space(p.experiment)
     setup = TrialSetup(space, launch.fixed or fixed_settings(space))
@@ -229,18 +229,14 @@ def retrain(p: Plan, *, address: str | None = None,
     seeds = {trial.trial_id: _trial_seed(trial) for trial in p.trials}
     offsets = list(range(1, p.seeds + 1))
     folder = p.out / RETRAIN_DIR
-    started = connect(address)
-    try:
+    with ray_session(address):
         configs = [TrialSetup(space, {**setup.fixed, "train.seed": seeds[tid] + k}).config(params[tid])
                    for tid in params for k in offsets]  # fmt: skip
         refs = share(prepare_shared(configs))
-        resources = {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial or 0}
-        trainable = tune.with_resources(
-            tune.with_parameters(retrain_trial, setup=setup, params=params, seeds=seeds, data=refs), resources
-        )
+        trainable = build_trainable(setup, refs, retrain_trial, params=params, seeds=seeds)
         log(f"retraining {len(params)} trial(s) x {p.seeds} seed(s) to their full budget in {folder}")
         if tune.Tuner.can_restore(str(folder)):
-            tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, restart_errored=True)
+            tuner = restore_tuner(folder, trainable, log)
         else:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / RETRAIN_FILE).write_text(json.dumps(_retrain_request(p), indent=2))
@@ -250,19 +246,10 @@ def retrain(p: Plan, *, address: str | None = None,
                 param_space={"search_trial": tune.grid_search(list(params)), "seed_offset": tune.grid_search(offsets)},
                 tune_config=tune.TuneConfig(max_concurrent_trials=t.max_concurrent, reuse_actors=True,
                                             trial_dirname_creator=trial_dirname),
-                run_config=tune.RunConfig(
-                    name=RETRAIN_DIR, storage_path=str(p.out), verbose=1,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=t.keep_checkpoints,
-                                                            checkpoint_score_attribute=t.metric,
-                                                            checkpoint_score_order=t.mode),
-                    failure_config=tune.FailureConfig(max_failures=t.max_failures),
-                    callbacks=[TensorBoardCallback(space, t.metric)],
-                ),
+                run_config=run_config(space, RETRAIN_DIR, p.out),
             )  # fmt: skip
         grid = tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
+    drop_kept(folder)
     checkpoints, failed = {}, {}
     for result in grid:
         trial = result.config["search_trial"]

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from search.tuner import SCORE_KEYS, TRAINING_ITERATION, SearchError, SearchResults, load_results
+from search.tuner import SCORE_KEYS, TRAINING_ITERATION, SearchError, SearchResults, decoded, load_results
 
 TRIAL_FILE = "trial.json"
 
@@ -61,13 +61,3 @@ def export(experiment: str | Path, out: str | Path, top_k: int = 1, space: Any =
         (dest / TRIAL_FILE).write_text(json.dumps(info, indent=2, default=str))
         written.append(dest)
     return written
-
-
-def decoded(space: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Sampled settings under their dotted keys with their real values (raw Optuna values without a space)."""
-    if space is None:
-        return dict(params)
-    try:
-        return space.decode(params)
-    except (ValueError, KeyError):
-        return dict(params)

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from search.tuner import SEARCH_FILE, SUMMARY_FILE, Launch, SearchError, SearchResults
+from search.tuner import SEARCH_FILE, SUMMARY_FILE, Launch, SearchError, SearchResults, decoded
 
 INDEX = "index.html"
 # Every figure the report can hold, in page order: file stem and section title.
@@ -160,8 +160,6 @@ def read_history(trial_dir: Path) -> list[dict]:
 
 
 def decoded_params(search: Search, params: dict[str, Any]) -> dict[str, Any]:
-    from search.export import decoded
-
     return decoded(search.space, params)
 
 

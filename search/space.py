@@ -34,6 +34,7 @@ from mtbert.config import (
     flatten,
     from_dict,
     parse_value,
+    refused_tag,
     set_dotted,
 )
 from search.checks import (
@@ -244,11 +245,8 @@ def _read(path: Path) -> dict[str, Any]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        tag = (e.problem or "").partition("constructor for the tag ")[2].replace("tag:yaml.org,2002:", "!!")
-        if tag:  # !!python/object/...: _Loader is a SafeLoader, which builds no Python objects
-            raise SpaceError(path, "yaml", f"tag {tag}{where} is refused: YAML is read with safe_load, which builds "
-                             "plain values, never Python objects") from None  # fmt: skip
-        raise SpaceError(path, "yaml", f"not valid YAML{where}: {e.problem}") from None
+        # !!python/object/...: _Loader is a SafeLoader, which builds no Python objects
+        raise SpaceError(path, "yaml", refused_tag(e) or f"not valid YAML{where}: {e.problem}") from None
     except yaml.YAMLError as e:
         raise SpaceError(path, "yaml", f"not valid YAML: {e}") from None
     if data is None:

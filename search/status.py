@@ -13,8 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from search.export import decoded
-from search.tuner import SCORE_KEYS, SearchResults
+from search.tuner import SCORE_KEYS, SearchResults, decoded
 
 FORMATS = ("text", "csv", "markdown")
 NOTE_WIDTH = 72  # the text table's note column

@@ -19,12 +19,14 @@ Layout of a search's folder, ``<tune.storage_path>/<tune.name>``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,6 +301,17 @@ def connect(address: str | None) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """``connect(address)`` for the block; Ray is shut down after it if the block started it."""
+    started = connect(address)
+    try:
+        yield
+    finally:
+        if started:
+            _shutdown()
+
+
 def shared_data(setup: TrialSetup, log: Any = print) -> dict[str, Any]:
     """Tokenise the data of every signature the space can produce, once, and put it in the object store."""
     signatures, complete = space_signatures(setup)
@@ -310,14 +323,43 @@ def shared_data(setup: TrialSetup, log: Any = print) -> dict[str, Any]:
     return share(data)
 
 
-def build_trainable(setup: TrialSetup, refs: dict[str, Any]) -> Any:
+def build_trainable(setup: TrialSetup, refs: dict[str, Any], fn: Any = run_trial, **kwargs: Any) -> Any:
+    """``fn`` (``run_trial``, or a function that calls it) as a Tune trainable with the space's
+    resources per trial; ``kwargs`` go to ``fn`` with ``setup`` and ``data``."""
     from ray import tune
 
     t = setup.space.tune
     resources = {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial or 0}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, data=refs), resources)
+    trainable = tune.with_resources(tune.with_parameters(fn, setup=setup, data=refs, **kwargs), resources)
     trainable._progress_metrics = PROGRESS_METRICS  # the columns of Tune's progress table
     return trainable
+
+
+def run_config(space: Any, name: str, storage_path: str | Path, callbacks: tuple = ()) -> Any:
+    """Tune's RunConfig for the trials of ``space``: checkpoints kept by the search metric (and the
+    one a resume needs, ``KeepRestorable``), retries, TensorBoard."""
+    from ray import tune
+
+    t = space.tune
+    return tune.RunConfig(
+        name=name, storage_path=str(storage_path), verbose=1,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=t.metric, checkpoint_score_order=t.mode,
+        ),
+        failure_config=tune.FailureConfig(max_failures=t.max_failures),
+        callbacks=[TensorBoardCallback(space, t.metric), KeepRestorable(), *callbacks],
+    )  # fmt: skip
+
+
+def restore_tuner(experiment: Path, trainable: Any, log: Any = print) -> Any:
+    """The Tuner of an interrupted Tune run in ``experiment``: unfinished trials continue from their
+    last checkpoints (put back from the kept copies where Tune had deleted them), errored ones restart."""
+    from ray import tune
+
+    for path in restore_kept(experiment):
+        log(f"{path.parent.name}: its latest checkpoint was deleted after the search's state was saved; "
+            f"continuing from the copy kept for this ({path.name})")  # fmt: skip
+    return tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, restart_errored=True)
 
 
 def build_tuner(space: Any, setup: TrialSetup, refs: dict[str, Any], callbacks: tuple = ()) -> Any:
@@ -345,14 +387,7 @@ def build_tuner(space: Any, setup: TrialSetup, refs: dict[str, Any], callbacks: 
             # the worker process, its imports and the shared data stay between trials
             reuse_actors=True, trial_dirname_creator=trial_dirname,
         ),
-        run_config=tune.RunConfig(
-            name=t.name, storage_path=str(t.storage_path), verbose=1,
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=t.metric, checkpoint_score_order=t.mode,
-            ),
-            failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            callbacks=[TensorBoardCallback(space, t.metric), KeepRestorable(), *callbacks],
-        ),
+        run_config=run_config(space, t.name, t.storage_path, callbacks),
     )  # fmt: skip
 
 
@@ -368,14 +403,9 @@ def run_search(space: Any, launch: Launch, space_text: str, *, address: str | No
         max_t(space),
     )
     launch.save(experiment, space_text)
-    started = connect(address)
-    try:
-        tuner = build_tuner(space, setup, shared_data(setup, log))
-        tuner.fit()
-        drop_kept(experiment)
-    finally:
-        if started:
-            _shutdown()
+    with ray_session(address):
+        build_tuner(space, setup, shared_data(setup, log)).fit()
+    drop_kept(experiment)
     return experiment
 
 
@@ -386,23 +416,12 @@ def resume_search(experiment: Path, space: Any, launch: Launch, *, address: str 
     from ray import tune
 
     setup = TrialSetup(space, launch.fixed or fixed_settings(space))
-    started = connect(address)
-    try:
+    with ray_session(address):
         if not tune.Tuner.can_restore(str(experiment)):
             raise SearchError(f"{experiment} holds no Ray Tune state to resume (was the search killed before "
                               "its first trial started?)")  # fmt: skip
-        for path in restore_kept(experiment):
-            log(f"{path.parent.name}: its latest checkpoint was deleted after the search's state was saved; "
-                f"continuing from the copy kept for this ({path.name})")  # fmt: skip
-        tuner = tune.Tuner.restore(
-            str(experiment), trainable=build_trainable(setup, shared_data(setup, log)), resume_unfinished=True,
-            restart_errored=True,
-        )  # fmt: skip
-        tuner.fit()
-        drop_kept(experiment)
-    finally:
-        if started:
-            _shutdown()
+        restore_tuner(experiment, build_trainable(setup, shared_data(setup, log)), log).fit()
+    drop_kept(experiment)
     return experiment
 
 
@@ -541,7 +560,7 @@ def summarize(results: SearchResults, space: Any, *, final_eval: str | None = No
         best = ranked[0]
         metrics = json.loads((best.checkpoint / METRICS_FILE).read_text())
         summary["best"] = {
-            "trial_id": best.trial_id, "params": _decode(space, best.params),
+            "trial_id": best.trial_id, "params": decoded(space, best.params),
             "config": str(best.checkpoint / CONFIG_FILE), "checkpoint": str(best.checkpoint),
             "step": metrics.get("step"), "iteration": best.best.get(TRAINING_ITERATION), "state": best.state,
             "selection": {k: metrics[k] for k in SCORE_KEYS if k in metrics},
@@ -574,7 +593,10 @@ def full_evaluation(checkpoint: Path, log: Any = print) -> dict[str, float]:
     return scores
 
 
-def _decode(space: Any, params: dict[str, Any]) -> dict[str, Any]:
+def decoded(space: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled settings under their dotted keys with their real values (raw Optuna values without a space)."""
+    if space is None:
+        return dict(params)
     try:
         return space.decode(params)
     except (ValueError, KeyError):

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 from test_search_e2e import cli, trial_dirs, trial_rows
-from test_search_resume import finished, running_with_checkpoint
+from test_search_resume import assert_resumed, finished, running_with_checkpoint
 
 EVAL_EVERY = 4
 
@@ -254,14 +254,7 @@ def test_resume_on_the_cluster_after_the_driver_is_killed(cluster, data_dir, tok
     after = load_results(experiment)
     assert len(after.trials) == 4 == json.loads(out.stdout)["trials"]
     assert all(t.status == "TERMINATED" for t in after.trials), describe(after)
-    for trial_id, rows in done_before.items():
-        assert trial_rows(experiment / f"trial_{trial_id}") == rows, trial_id
-    resumed = 0
-    for t in after.trials:
-        rows = trial_rows(t.path)
-        assert [r["step"] for r in rows] == [EVAL_EVERY * r["training_iteration"] for r in rows], t.trial_id
-        resumed += any(r["iterations_since_restore"] == 1 and r["training_iteration"] > 1 for r in rows)
-    assert resumed >= 1
+    assert_resumed(experiment, after.trials, done_before)
     assert {s.state.name for s in load_searcher(experiment).study().trials} <= {"COMPLETE", "PRUNED"}
 
 

@@ -28,6 +28,20 @@ def running_with_checkpoint(trial_dir: Path) -> bool:
     return not finished(trial_dir) and any(trial_dir.glob("checkpoint_*"))
 
 
+def assert_resumed(experiment: Path, trials: list, done_before: dict[str, list[dict]]) -> None:
+    """Finished trials kept as they were; steps run on across the restart; at least one trial
+    continued from its checkpoint rather than from step 0."""
+    for trial_id, rows in done_before.items():
+        assert trial_rows(experiment / f"trial_{trial_id}") == rows, trial_id
+    resumed = 0
+    for t in trials:
+        rows = trial_rows(t.path)
+        # every evaluation is EVAL_EVERY steps after the one before
+        assert [r["step"] for r in rows] == [EVAL_EVERY * r["training_iteration"] for r in rows], t.trial_id
+        resumed += any(r["iterations_since_restore"] == 1 and r["training_iteration"] > 1 for r in rows)
+    assert resumed >= 1
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_keeps_finished_trials_and_completes(data_dir, token_cache, tmp_path):
     from search.tuner import load_results, load_searcher
@@ -70,15 +84,7 @@ def test_resume_after_sigkill_keeps_finished_trials_and_completes(data_dir, toke
         [(t.trial_id, t.status, t.error and Path(t.error).read_text()[-2000:]) for t in after.trials],
         out.stderr[-4000:],
     )
-    for trial_id, rows in done_before.items():  # finished trials are kept as they were
-        assert trial_rows(experiment / f"trial_{trial_id}") == rows, trial_id
-    resumed = 0
-    for t in after.trials:
-        rows = trial_rows(t.path)
-        # steps run on across the restart: every evaluation is EVAL_EVERY steps after the one before
-        assert [r["step"] for r in rows] == [EVAL_EVERY * r["training_iteration"] for r in rows], t.trial_id
-        resumed += any(r["iterations_since_restore"] == 1 and r["training_iteration"] > 1 for r in rows)
-    assert resumed >= 1  # at least one trial continued from its checkpoint rather than from step 0
+    assert_resumed(experiment, after.trials, done_before)
     assert not list(experiment.glob("trial_*/.kept-*"))  # the copies kept for a resume are gone at the end
     study = load_searcher(experiment).study()
     assert len(study.trials) == NUM_SAMPLES
