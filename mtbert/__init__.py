@@ -9,7 +9,7 @@ A plain PyTorch library: importing it loads neither Ray nor transformers.
 from mtbert.bert import BertConfig, BertModel, EncoderOutput, mean_pool
 from mtbert.config import ConfigError, RunConfig, load_config
 from mtbert.pretrained import DEFAULT_ENCODER, EncoderLoadError, load_encoder
-from mtbert.trainer import TrainResult, train
+from mtbert.trainer import TrainingInterrupted, TrainResult, train
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -20,6 +20,7 @@ __all__ = [
     "EncoderOutput",
     "RunConfig",
     "TrainResult",
+    "TrainingInterrupted",
     "load_config",
     "load_encoder",
     "mean_pool",

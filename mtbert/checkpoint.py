@@ -24,12 +24,20 @@ the bottom ``k`` layers of every task are bit-identical, and shares them again a
 Loading refuses a checkpoint holding any pickle (``heads.pt``, ``pytorch_model.bin``, ``state.pkl``,
 or a pickle under a safetensors name), found by name or by its first bytes, and names the file:
 unpickling runs whatever code the file names.
+
+``check_checkpoint`` is every check that loading makes before it reads a tensor: the pickles, the
+files, ``config.yaml`` and ``metrics.json``, each encoder folder, and every safetensors file's
+header (which lists each tensor's name, shape and place in the file, so a truncated file, or a key
+or shape that does not fit ``config.yaml``, shows there) against the model ``config.yaml``
+describes, its encoder built on the meta device (shapes, no memory). ``load_checkpoint`` runs it
+first; ``mtbert-search export`` and ``ensemble`` run it on each checkpoint they take, loading none.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +94,16 @@ def save_checkpoint(
     (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float))
     if state is not None:
         write_state(tmp / STATE_DIR, state)
+    # The old checkpoint is moved aside, not deleted, until the new one stands in its place: a crash
+    # between the two renames leaves it whole as ``<name>.old``.
+    old = directory.with_name(directory.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
     if directory.exists():
-        shutil.rmtree(directory)
+        directory.rename(old)
     tmp.rename(directory)
+    if old.exists():
+        shutil.rmtree(old)
     return directory
 
 
@@ -101,10 +116,25 @@ def _save_encoder(directory: Path, encoder: Any, tokenizer: Any) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, RunConfig, dict]:
-    """``(model, tokenizer, config, metrics)`` from a checkpoint directory."""
-    from mtbert.model import build_model, head_specs
-    from mtbert.pretrained import EncoderLoadError, load_encoder, state_dict_problems
+@dataclass
+class CheckedCheckpoint:
+    """What ``check_checkpoint`` read: the run config, the metrics and where the encoders are."""
+
+    directory: Path
+    config: RunConfig
+    metrics: dict[str, Any]
+    merged: bool
+    tasks: list[str]  # a merged model's encoders/<task>/, in merged.json's order; [] otherwise
+    shared_depth: int = 0  # a merged model's shared bottom
+
+
+def check_checkpoint(directory: str | Path) -> CheckedCheckpoint:
+    """Check everything about a checkpoint that can be checked without reading its tensors, and
+    raise ``CheckpointError`` naming the first file that is wrong and how: a pickle anywhere, a
+    missing file, ``config.yaml`` or ``metrics.json`` that does not parse, an encoder folder
+    without config.json, weights or tokenizer, or a safetensors file whose header does not parse,
+    does not cover the file (truncated), or lists keys and shapes that do not fit ``config.yaml``."""
+    from mtbert.model import head_specs
 
     directory = Path(directory)
     if directory.is_file():
@@ -125,57 +155,144 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         config = load_config(directory / CONFIG_FILE)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+    except UnicodeDecodeError:
+        text = directory / CONFIG_FILE
+        raise CheckpointError(f"{text} is not UTF-8 text; it must hold the run config in YAML") from None
+    metrics = _read_json(directory / METRICS_FILE)
+    if not isinstance(metrics, dict):
+        raise CheckpointError(
+            f"{directory / METRICS_FILE} holds a {type(metrics).__name__}, but must hold a JSON object of metrics"
+        )
+    tasks, depth = _read_merged(directory, list(head_specs(config))) if merged else ([], 0)
+    folders = [directory / ENCODERS_DIR / t for t in tasks] if merged else [directory / ENCODER_DIR]
+    encoder = None
+    for folder in folders:
+        encoder = _check_encoder_dir(folder)
+    _check_heads(directory / HEADS_FILE, config, encoder)
+    return CheckedCheckpoint(directory, config, metrics, merged, tasks, depth)
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, RunConfig, dict]:
+    """``(model, tokenizer, config, metrics)`` from a checkpoint directory, checked first
+    (``check_checkpoint``), so that every tensor is read once, into a model it is known to fit."""
+    from mtbert.model import build_model
+    from mtbert.pretrained import EncoderLoadError, load_encoder
+
+    checked = check_checkpoint(directory)
+    directory = checked.directory
     try:
-        if merged:
-            encoder, tokenizer = _load_task_encoders(directory, list(head_specs(config)))
+        if checked.merged:
+            encoder, tokenizer = _load_task_encoders(directory, checked.tasks, checked.shared_depth)
         else:
             encoder, tokenizer = load_encoder(str(directory / ENCODER_DIR))
     except EncoderLoadError as e:
         raise CheckpointError(str(e)) from None
-    model = build_model(config, encoder)
-    heads = _read_safetensors(directory / HEADS_FILE)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-    problems = state_dict_problems(expected, heads)
-    if problems:
-        raise CheckpointError(f"{directory / HEADS_FILE} does not fit the heads in {CONFIG_FILE}; " + "; ".join(problems))
-    model.load_state_dict({**model.state_dict(), **heads})
-    try:
-        metrics = json.loads((directory / METRICS_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{directory / METRICS_FILE} is not valid JSON: {e}") from None
-    return model.to(device), tokenizer, config, metrics
+    model = build_model(checked.config, encoder)
+    model.load_state_dict({**model.state_dict(), **_read_safetensors(directory / HEADS_FILE)})
+    return model.to(device), tokenizer, checked.config, checked.metrics
 
 
-def _load_task_encoders(directory: Path, needed: list[str]) -> tuple[TaskEncoders, Any]:
-    """The ``TaskEncoders`` of a merged checkpoint, its bottom checked bit-identical across tasks."""
+def _load_task_encoders(directory: Path, tasks: list[str], depth: int) -> tuple[TaskEncoders, Any]:
+    """The ``TaskEncoders`` of a checked merged checkpoint, its bottom checked bit-identical across tasks."""
     from mtbert.pretrained import load_encoder_dir, load_tokenizer
 
-    path = directory / MERGED_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    tasks = meta.get("tasks") if isinstance(meta, dict) else None
-    depth = meta.get("shared_depth") if isinstance(meta, dict) else None
-    if not isinstance(depth, int) or not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
-        raise CheckpointError(f'{path} holds {meta!r}, but must hold {{"shared_depth": <int>, "tasks": [<task>, ...]}}')
-    missing = [t for t in needed if t not in tasks]
-    if missing:
-        raise CheckpointError(
-            f"{path} lists tasks {tasks}, but the heads in {CONFIG_FILE} also need: {', '.join(missing)}"
-        )
-    encoders = {}
-    for task in tasks:
-        if not (directory / ENCODERS_DIR / task).is_dir():
-            raise CheckpointError(f"{directory / ENCODERS_DIR / task} is missing; {MERGED_FILE} lists task {task!r}")
-        if not (directory / ENCODERS_DIR / task / WEIGHTS_FILE).is_file():
-            raise CheckpointError(f"{directory / ENCODERS_DIR / task / WEIGHTS_FILE} is missing; {READ_ONLY}")
-        encoders[task] = load_encoder_dir(directory / ENCODERS_DIR / task)
+    encoders = {task: load_encoder_dir(directory / ENCODERS_DIR / task) for task in tasks}
     try:
         merged = merge_encoders(encoders, depth)
     except ValueError as e:
         raise CheckpointError(f"{directory / ENCODERS_DIR} cannot be merged as {MERGED_FILE} says: {e}") from None
     return merged, load_tokenizer(directory / ENCODERS_DIR / tasks[0])
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not valid JSON: it is not UTF-8 text") from None
+
+
+def _read_merged(directory: Path, needed: list[str]) -> tuple[list[str], int]:
+    """The tasks and shared depth in a merged checkpoint's merged.json, checked against the heads
+    ``config.yaml`` needs and the encoders/<task>/ folders present."""
+    path = directory / MERGED_FILE
+    meta = _read_json(path)
+    tasks = meta.get("tasks") if isinstance(meta, dict) else None
+    depth = meta.get("shared_depth") if isinstance(meta, dict) else None
+    if not isinstance(depth, int) or not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise CheckpointError(f'{path} holds {meta!r}, but must hold {{"shared_depth": <int>, "tasks": [<task>, ...]}}')
+    if not tasks:
+        raise CheckpointError(f"{path} lists no tasks; a merged checkpoint holds one encoder per task")
+    missing = [t for t in needed if t not in tasks]
+    if missing:
+        raise CheckpointError(
+            f"{path} lists tasks {tasks}, but the heads in {CONFIG_FILE} also need: {', '.join(missing)}"
+        )
+    for task in tasks:
+        if not (directory / ENCODERS_DIR / task).is_dir():
+            raise CheckpointError(f"{directory / ENCODERS_DIR / task} is missing; {MERGED_FILE} lists task {task!r}")
+        if not (directory / ENCODERS_DIR / task / WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"{directory / ENCODERS_DIR / task / WEIGHTS_FILE} is missing; {READ_ONLY}")
+    return tasks, depth
+
+
+def _check_encoder_dir(folder: Path) -> Any:
+    """An encoder folder's config.json, tokenizer and weights' header, checked; returns the encoder
+    it describes, on the meta device."""
+    from mtbert.bert import BertConfig, BertModel
+    from mtbert.pretrained import EncoderLoadError, check_state_dict
+
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{config_file} is missing; an encoder folder needs config.json")
+    hf = _read_json(config_file)
+    try:
+        bert = BertConfig.from_hf(hf)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{config_file}: {e}") from None
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
+        raise CheckpointError(f"{folder} has no tokenizer; expected tokenizer.json or vocab.txt")
+    with torch.device("meta"):
+        encoder = BertModel(bert)
+    try:
+        check_state_dict(encoder, _safetensors_shapes(folder / WEIGHTS_FILE), folder)
+    except EncoderLoadError as e:
+        raise CheckpointError(str(e)) from None
+    return encoder
+
+
+def _check_heads(path: Path, config: RunConfig, encoder: Any) -> None:
+    """The keys and shapes in the heads file's header against the heads ``config`` builds on
+    ``encoder`` (heads are small and built for real; the encoder stays on the meta device)."""
+    from mtbert.model import build_model
+    from mtbert.pretrained import state_dict_problems
+
+    try:
+        model = build_model(config, encoder)
+    except ValueError as e:  # a frozen depth beyond the encoder's layers, say
+        raise CheckpointError(f"{path.parent / CONFIG_FILE} does not fit the encoder in the checkpoint: {e}") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    problems = state_dict_problems(expected, _safetensors_shapes(path))
+    if problems:
+        raise CheckpointError(f"{path} does not fit the heads in {CONFIG_FILE}; " + "; ".join(problems))
+
+
+def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """Each tensor in a safetensors file as an empty meta tensor of its shape, from the header
+    alone; the header must parse and cover the whole file (a truncated file fails here)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    problem = _pickle_problem(path)
+    if problem:
+        raise CheckpointError(problem)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except Exception as e:  # truncated, or not safetensors at all
+        raise CheckpointError(f"{path} is not a readable safetensors file: {type(e).__name__}: {e}") from None
 
 
 # ---- resumable training state: nested dicts/lists of tensors and plain values -------------------

@@ -4,7 +4,9 @@
     mtbert-train data fetch [--dest DIR]     download the course files (needs the internet)
     mtbert-train data check [--dir DIR]      read every course file and report malformed rows
 
-Exit codes: 0 done, 2 bad input (config, data folder, encoder source), 1 failure.
+Exit codes: 0 done, 2 bad input (config, data, encoder source, checkpoint to resume), 1 failure,
+130 interrupted (Ctrl-C: the run stops after the step in progress, saves ``<out_dir>/last`` and
+prints the command that resumes it; a second Ctrl-C stops at once).
 """
 
 from __future__ import annotations
@@ -12,10 +14,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
+import shlex
+import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 QUORA_NOTE = (
     "note: all-MiniLM-L6-v2 was trained on sentence pairs that include Quora duplicate questions, "
     "so its paraphrase (Quora) score is optimistic next to an encoder that never saw them"
@@ -49,13 +58,17 @@ def data_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["data"]:
-        return data_main(argv[1:])
-    return train_main(build_parser().parse_args(argv))
+    try:
+        if argv[:1] == ["data"]:
+            return data_main(argv[1:])
+        return train_main(build_parser().parse_args(argv))
+    except KeyboardInterrupt:  # before training started (loading), or a second Ctrl-C
+        print("mtbert-train: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def data_main(argv: list[str]) -> int:
-    from mtbert.data import TASK_FILES, DataError, fetch_course_data, read_task, resolve_data_dir
+    from mtbert.data import REQUIRED_FILES, TASK_FILES, DataError, fetch_course_data, read_task, resolve_data_dir
 
     args = data_parser().parse_args(argv)
     try:
@@ -64,19 +77,27 @@ def data_main(argv: list[str]) -> int:
                 print(path)
             return 0
         folder = resolve_data_dir(args.dir)
-        bad = 0
+        bad, unusable = 0, []
         for task, splits in TASK_FILES.items():
             for split in splits:
+                path = folder / splits[split]
+                if not path.exists() and (task, split) not in REQUIRED_FILES:
+                    print(f"{path}: absent (optional: {task} {split})")
+                    continue
                 try:
                     report = read_task(folder, task, split)
                 except DataError as e:
-                    print(f"{task} {split}: {e}", file=sys.stderr)
+                    print(f"mtbert-train data: error: {task} {split}: {e}", file=sys.stderr)
+                    unusable.append(str(path))
                     continue
                 bad += len(report.malformed)
                 print(f"{report.path}: {len(report.examples)} rows, {len(report.malformed)} malformed")
                 for row in report.malformed:
                     print(f"  {row}")
-        print(f"{bad} malformed row(s) in all")
+        print(f"{bad} malformed row(s) in all (reported and left out by training)")
+        if unusable:
+            print(f"mtbert-train data: {len(unusable)} file(s) cannot be used: {', '.join(unusable)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         return 0
     except DataError as e:
         print(f"mtbert-train data: error: {e}", file=sys.stderr)
@@ -91,6 +112,7 @@ def train_main(args: argparse.Namespace) -> int:
 
     try:  # everything that can be wrong with the input is found before training starts
         config = load_config(args.config, parse_set(args.overrides))
+        check_out_dir(config.train.out_dir)
         resolve_data_dir(config.data.dir)
         from mtbert.trainer import open_run
 
@@ -98,6 +120,8 @@ def train_main(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, EncoderLoadError, CheckpointError) as e:
         print(f"mtbert-train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from mtbert.trainer import TrainingInterrupted
+
     tokenizer, data = run.tokenizer, run.data
     for row in data.malformed:
         print(f"malformed row skipped: {row}", file=sys.stderr)
@@ -107,25 +131,41 @@ def train_main(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=run.total_steps, initial=run.step, desc="training", unit="step", file=sys.stderr)
+    stop, started = StopOnInterrupt(), time.time()
     try:
-        result = run.run(on_step=(lambda step: bar.update(1)) if bar else None, checkpoint_dir=out_dir)
+        with stop:
+            result = run.run(on_step=(lambda step: bar.update(1)) if bar else None, checkpoint_dir=out_dir, stop=stop)
     except FloatingPointError as e:
         print(f"mtbert-train: training stopped: {e}", file=sys.stderr)
         return 1
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        if bar:
+            bar.close()
+        when = f"at step {e.step}" if isinstance(e, TrainingInterrupted) else "during a step"
+        return interrupted(args, kept_checkpoint(args, out_dir, started), when)
     finally:
         if bar:
             bar.close()
     selection = {k: result.metrics[k] for k in ("sst_acc", "para_acc", "para_f1", "sts_pearson", "sts_spearman", "overall")}
-    if config.train.final_eval:
-        full, confusion, predictions = final_evaluation(result.checkpoint, config, tokenizer, run.device)
-    else:
-        full, confusion, predictions = selection, result.sst_confusion, None
+    final = config.train.final_eval
+    if result.checkpoint is None:  # resumed from a checkpoint whose run's best was not found beside it
+        print(f"mtbert-train: the best evaluation (step {result.best_step}) has no checkpoint: it was not found "
+              f"beside {args.resume}, and no later evaluation beat it; no final evaluation", file=sys.stderr)
+        final = False
+    try:
+        if final:
+            full, confusion, predictions = final_evaluation(result.checkpoint, config, tokenizer, run.device)
+        else:
+            full, confusion, predictions = selection, result.sst_confusion, None
+    except KeyboardInterrupt:
+        return interrupted(args, kept_checkpoint(args, out_dir, started), "in the final evaluation (training is done)")
     summary = {
         **full,  # the best checkpoint on the full dev sets (train.final_eval), else as selected
         "best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early,
         "train_samples_per_s": round(result.train_samples_per_s, 2),
-        "checkpoint": str(result.checkpoint), "predictions": str(predictions) if predictions else None,
-        "dev": "full" if config.train.final_eval else "selection",
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "predictions": str(predictions) if predictions else None,
+        "dev": "full" if final else "selection",
         # what chose the best step: evaluations on data.max_eval_per_task dev examples per task
         "selection_metrics": selection,
         "selection_dev_examples": {t: len(ds) for t, ds in data.dev.items()},
@@ -136,12 +176,104 @@ def train_main(args: argparse.Namespace) -> int:
         "merged": merged_serving(run),
     }  # fmt: skip
     if args.json:
-        print(json.dumps(summary))
+        print(strict_json(summary))
     else:
         print_table(summary, confusion)
     if config.model.encoder == DEFAULT_ENCODER:
         print(QUORA_NOTE, file=sys.stderr)
     return 0
+
+
+class StopOnInterrupt:
+    """While active (``with``), the first Ctrl-C asks the run to stop after the step in progress,
+    where its state is whole and ``last`` can be saved; a second one stops at once. Called, it says
+    whether a stop was asked (the trainer's ``stop``)."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._previous: Any = None
+
+    def __call__(self) -> bool:
+        return self.asked
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        print("\nmtbert-train: stopping after this step to save a resumable checkpoint (Ctrl-C again: stop now, "
+              "keeping only what is saved)", file=sys.stderr, flush=True)  # fmt: skip
+
+    def __enter__(self) -> StopOnInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def kept_checkpoint(args: argparse.Namespace, out_dir: Path, started: float) -> Path | None:
+    """The checkpoint an interrupted run goes on from: ``<out_dir>/last`` if this run saved it, else
+    the one it was resumed from; None if neither (an older run's ``last`` is not this run's)."""
+    from mtbert.checkpoint import METRICS_FILE
+
+    last = out_dir / "last"
+    try:
+        if (last / METRICS_FILE).stat().st_mtime >= started:
+            return last
+    except OSError:
+        pass
+    return Path(args.resume) if args.resume else None
+
+
+def interrupted(args: argparse.Namespace, last: Path | None, when: str) -> int:
+    """Say what was kept and the command that goes on from it; the exit code of an interruption."""
+    print(f"mtbert-train: interrupted {when}", file=sys.stderr)
+    if last is None:
+        print("mtbert-train: no checkpoint was saved yet; start again with: "
+              + shlex.join(["mtbert-train", args.config, *[a for o in args.overrides for a in ("--set", o)]]),
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    print(f"mtbert-train: {last} is kept; continue with: {resume_command(args, last)}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def resume_command(args: argparse.Namespace, last: Path) -> str:
+    """The command line that resumes this run from ``last``: the same config and --set settings."""
+    words = ["mtbert-train", args.config, *[a for o in args.overrides for a in ("--set", o)], "--resume", str(last)]
+    words += [flag for flag, on in (("--json", args.json), ("--no-progress", args.no_progress)) if on]
+    return shlex.join(words)
+
+
+def check_out_dir(out_dir: str) -> None:
+    """``train.out_dir`` must be a folder, or creatable: found now, not at the first save."""
+    from mtbert.config import ConfigError
+
+    path = Path(out_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError("train.out_dir", f"is {str(path)!r}, which is a file; it must be a folder (for best/ and last/)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError("train.out_dir", f"is {str(path)!r}, but {parent} is a file, so the folder cannot be made")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError("train.out_dir", f"is {str(path)!r}, but {parent} is not writable")
+
+
+def strict_json(value: Any) -> str:
+    """JSON that any reader accepts: NaN and infinities (e.g. a Pearson r of constant predictions)
+    become null, since JSON has no such numbers."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False)
 
 
 def merged_serving(run) -> dict | None:

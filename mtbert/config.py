@@ -274,6 +274,64 @@ class RunConfig:
 # ---- reading -----------------------------------------------------------------------------------
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML itself would keep the
+    last silently, so a setting written twice would be half-ignored)."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            line = key_node.start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} on line {line} (first on line {seen[key]}); a key may appear once",
+                key_node.start_mark,
+            )  # fmt: skip
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """Plain values from YAML text: ``yaml.safe_load``, refusing duplicate keys (``UniqueKeyLoader``)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: what is wrong and where (PyYAML's own text spans several lines)."""
+    refused = refused_tag(error)
+    if refused:
+        return refused
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = error.problem or ""
+        if problem.startswith("duplicate key"):
+            return problem
+        return f"not valid YAML{where}: {problem}".rstrip(": ")
+    return f"not valid YAML: {' '.join(str(error).split())}"
+
+
+def read_text(path: Path, expected: str) -> str:
+    """A text file's contents, or a ConfigError saying why it cannot be read (a folder, missing,
+    unreadable, not UTF-8)."""
+    if path.is_dir():
+        raise ConfigError("file", f"{path} is a folder; expected {expected}", None)
+    if not path.is_file():
+        raise ConfigError("file", f"{path} does not exist; expected {expected}", None)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("file", f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); expected {expected}",
+                          None) from None  # fmt: skip
+    except OSError as e:
+        raise ConfigError("file", f"{path} cannot be read ({e.strerror or e}); expected {expected}", None) from None
+
+
 def refused_tag(error: yaml.YAMLError) -> str | None:
     """The message for a YAML tag that would build a Python object (``!!python/object/...``), which
     a safe loader refuses; None for any other YAML error."""
@@ -293,12 +351,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, secti
     their readers when ``section`` is true.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("file", f"{path} does not exist", None)
+    text = read_text(path, "a run config YAML file (e.g. configs/example.yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError("yaml", refused_tag(e) or f"not valid YAML: {e}", str(path)) from None
+        raise ConfigError("yaml", yaml_problem(e), str(path)) from None
     if not isinstance(data, dict):
         raise ConfigError("top level", f"must be a mapping of sections, got {type(data).__name__}", str(path))
     if section:
@@ -318,7 +375,7 @@ def from_dict(data: dict[str, Any], source: str | None = None) -> RunConfig:
 def parse_value(text: str) -> Any:
     """A ``--set`` value: YAML scalars and lists (``1e-5``, ``true``, ``[128, 64]``, ``null``)."""
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         return text
     return value
@@ -404,10 +461,15 @@ def _build(cls: type, data: Any, prefix: str, source: str | None, base: Any = No
             values[key] = _coerce(value, hint, full, source)
     obj = dataclasses.replace(base, **values)
     for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):  # .inf passes "> 0"; nan passes nothing
+            default = getattr(cls(), f.name)
+            allowed = "a finite number or null (the default)" if default is None else f"a finite number (default {default})"
+            raise ConfigError(f"{prefix}{f.name}", f"is {value}, but must be {allowed}", source)
         rule = f.metadata.get("rule")
-        problem = rule(getattr(obj, f.name)) if rule else None
+        problem = rule(value) if rule else None
         if problem:
-            raise ConfigError(f"{prefix}{f.name}", f"is {_show(getattr(obj, f.name))}, but {problem}", source)
+            raise ConfigError(f"{prefix}{f.name}", f"is {_show(value)}, but {problem}", source)
     return obj
 
 
@@ -566,6 +628,79 @@ def total_steps(config: RunConfig) -> int:
 def evaluations(config: RunConfig) -> int:
     """Evaluations a run reports: every ``eval_every`` steps and at the end of each trained phase."""
     return sum(math.ceil(c.train.max_steps / c.train.eval_every) for c in trained_phases(config))
+
+
+# ---- resuming ----------------------------------------------------------------------------------
+
+_SAME_MODEL = "the model is rebuilt from the checkpoint's own config, so a new value would not be used"
+_SAME_DATA = "the task streams go on where they were, in the same training examples and batches"
+# The settings a resumed run (``--resume``) shares with its checkpoint, and why; a key covers every
+# setting under it, ``*`` is any phase. The rest may change at resume: steps, learning rates and
+# their schedule, weight decay, clipping, losses and their weights, the gradient method's own
+# parameters, evaluation (interval, dev subset, patience, final evaluation), and where things go and
+# run (out_dir, data.dir, data.cache_dir, device, bf16).
+RESUME_FIXED: dict[str, str] = {
+    "model": _SAME_MODEL,  # encoder, freeze_depth (also the optimizer's parameters), shared_pair_layer
+    "heads": _SAME_MODEL,
+    "data.max_train_per_task": _SAME_DATA,
+    "data.extra_sst": _SAME_DATA,
+    "data.max_length": _SAME_DATA + " (token lengths decide the length-bucketed batches)",
+    "data.pair_separator": _SAME_DATA,
+    "train.seed": "the data subsets, the order of the task streams and the task schedule are drawn from it",
+    "sampling": "the task schedule goes on with the plan it was saved with",
+    "grad.method": "the saved optimizer and gradient-combiner state belong to it",
+    "mlm": "mlm phases end before the first checkpoint: their work is in the weights",
+    "phases": "the run's phases (how many, in what order)",
+    "phases.*.kind": "the run's phases (how many, in what order)",
+    "phases.*.heads_only": "the specialist phase's frozen encoder",
+}
+
+
+def resume_fixed(key: str) -> str | None:
+    """Why dotted ``key`` is fixed at resume (it is under a key of ``RESUME_FIXED``), else None."""
+    parts = key.split(".")
+    for fixed, why in RESUME_FIXED.items():
+        want = fixed.split(".")
+        if fixed == "phases" and len(parts) > 1:  # the list itself; its items' keys are listed apart
+            continue
+        if len(parts) >= len(want) and all(w in ("*", p) for w, p in zip(want, parts)):
+            return why
+    return None
+
+
+def resume_conflicts(saved: RunConfig, new: RunConfig) -> list[str]:
+    """Each setting fixed at resume (``RESUME_FIXED``) that ``new`` changes from the checkpoint's
+    ``saved`` config, as ``"key is NEW, but the checkpoint's is OLD"``; a phase's ``set:`` counts."""
+    out: list[str] = []
+
+    def compare(old: dict[str, Any], now: dict[str, Any], prefix: str, skip: set[str]) -> None:
+        for key in sorted(set(old) | set(now)):
+            why = resume_fixed(key)
+            if key in skip or why is None or old.get(key) == now.get(key):
+                continue
+            skip.add(key)
+            out.append(f"{prefix}{key} is {_show(now.get(key))}, but the checkpoint's is {_show(old.get(key))} ({why})")
+
+    top = {k: v for k, v in saved.flat().items() if k != "phases"}
+    reported: set[str] = set()
+    compare(top, {k: v for k, v in new.flat().items() if k != "phases"}, "", reported)
+    old_phases, new_phases = run_phases(saved), run_phases(new)
+    old_kinds, new_kinds = [p.kind for p in old_phases], [p.kind for p in new_phases]
+    if old_kinds != new_kinds:  # "phases" and "phases.*.kind"
+        out.append(f"phases is {_show(new_kinds)}, but the checkpoint's is {_show(old_kinds)} ({RESUME_FIXED['phases']})")
+        return out
+    fields = [k.split(".")[2] for k in RESUME_FIXED if k.startswith("phases.*.") and k != "phases.*.kind"]
+    for i, (old_phase, new_phase) in enumerate(zip(old_phases, new_phases)):
+        for name in fields:
+            if getattr(old_phase, name) != getattr(new_phase, name):
+                out.append(f"phases.{i}.{name} is {_show(getattr(new_phase, name))}, but the checkpoint's is "
+                           f"{_show(getattr(old_phase, name))} ({RESUME_FIXED['phases.*.' + name]})")  # fmt: skip
+        # what the phase trains with, its set: applied (sampling, grad.method, train.seed may change there)
+        old_cfg = (phase_config(saved, i) if saved.phases else saved).flat()
+        new_cfg = (phase_config(new, i) if new.phases else new).flat()
+        compare({k: v for k, v in old_cfg.items() if k != "phases"},
+                {k: v for k, v in new_cfg.items() if k != "phases"}, f"phases.{i}.set.", set(reported))  # fmt: skip
+    return out
 
 
 def validate_phases(config: RunConfig, source: str | None) -> None:

@@ -108,17 +108,25 @@ def _check_task(task: str, split: str | None = None) -> None:
 def read_task(data_dir: str | os.PathLike, task: str, split: str) -> ReadReport:
     """Read ``task``'s ``split`` file from ``data_dir``; the test split has no labels."""
     _check_task(task, split)
-    return read_file(Path(data_dir) / TASK_FILES[task][split], task, labeled=split != "test")
+    return read_file(Path(data_dir) / TASK_FILES[task][split], task, labeled=split != "test", split=split)
 
 
-def read_file(path: str | os.PathLike, task: str, *, labeled: bool = True) -> ReadReport:
+def read_file(path: str | os.PathLike, task: str, *, labeled: bool = True, split: str | None = None) -> ReadReport:
+    """The rows of one course file. A file that cannot be read, is empty, lacks a needed column, or
+    has no usable row is a ``DataError`` naming it; single malformed rows are reported and skipped."""
     _check_task(task)
     path, fmt = Path(path), TASK_FORMATS[task]
     needed = ("id", *fmt.sentence_columns) + ((fmt.label_column,) if labeled else ())
     expects = f"a tab-separated {task} file with a header and columns: (index), {', '.join(needed)}"
+    what = f"{task} {split}" if split else task
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; expected the {what} file: {expects}")
     if not path.is_file():
         raise DataError(f"{path} does not exist; expected {expects}")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror or e}); expected {expects}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -127,6 +135,8 @@ def read_file(path: str | os.PathLike, task: str, *, labeled: bool = True) -> Re
     # The csv module, not pandas: only it tells the line each row starts on, which the report needs.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
     header = next(reader, None)
+    if not text.strip():
+        raise DataError(f"{path} is empty (the {what} file: {len(raw)} bytes, no header line); expected {expects}")
     missing = [c for c in needed if header is None or c not in header]
     if missing:
         raise DataError(f"{path}:1: header {header} lacks column(s) {', '.join(missing)}; expected {expects}")
@@ -154,6 +164,13 @@ def read_file(path: str | os.PathLike, task: str, *, labeled: bool = True) -> Re
             continue
         seen[example.id] = line
         report.examples.append(example)
+    if not report.examples:
+        # an empty split fails here, naming the file, not later in sampling or evaluation
+        if report.malformed:
+            first = report.malformed[0]
+            raise DataError(f"{path} has no usable row (the {what} file): all {len(report.malformed)} are malformed, "
+                            f"e.g. line {first.line}: {first.reason}; expected {expects}")  # fmt: skip
+        raise DataError(f"{path} has a header but no rows (the {what} file); expected {expects}, and at least one row")
     if report.malformed:
         rows = " | ".join(f"line {m.line}: {m.reason}" for m in report.malformed)
         # INFO, not WARNING: the rows travel with the result (ReadReport/TaskDataset.malformed) and
@@ -225,6 +242,9 @@ def resolve_data_dir(
         f"download them with: python -c \"from mtbert.data import fetch_course_data; fetch_course_data('{path}')\", "
         f"or point data.dir or ${DATA_ENV} at a folder that holds them"
     )
+    if path.exists() and not path.is_dir():
+        raise DataError(f"data folder {path} (from {source}) is a file; it must be a folder holding "
+                        f"{', '.join(files)}; {how}")  # fmt: skip
     if not path.is_dir():
         raise DataError(f"data folder {path} (from {source}) does not exist; it must hold {', '.join(files)}; {how}")
     missing = [f for f in files if not (path / f).is_file()]

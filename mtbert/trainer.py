@@ -9,12 +9,20 @@ where ``save(directory)`` writes a resumable checkpoint. The loop never prints.
 Dropout draws from torch's global generator: it is seeded from ``train.seed`` when a run starts and
 saved in resumable checkpoints, so N steps, a save, a resume and N more steps give the same
 weights as 2N steps in one go.
+
+``stop()`` (optional) is asked after every step, once that step's evaluation (if any) is done: the
+state is whole there, so on True the loop saves ``last`` and raises ``TrainingInterrupted``; a
+resume from that ``last`` goes on exactly as if never stopped. A resume takes the new config's
+learning rates and weight decay (torch's saved optimizer state would restore the old ones) and
+refuses a config that changes a setting of ``RESUME_FIXED`` before anything loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +30,8 @@ from typing import Any, Callable
 
 import torch
 
-from mtbert.checkpoint import read_state, save_checkpoint
-from mtbert.config import TASKS, RunConfig
+from mtbert.checkpoint import CONFIG_FILE, METRICS_FILE, CheckpointError, read_state, save_checkpoint
+from mtbert.config import TASKS, ConfigError, RunConfig, load_config, resume_conflicts
 from mtbert.data import BucketBatchSampler, MalformedRow, TaskDataset, cfimdb_as_sst, load_task, resolve_data_dir, to_device
 from mtbert.evaluate import Scores, accuracy, confusion_matrix
 from mtbert.gradients import COMBINERS
@@ -36,6 +44,17 @@ DATA_TASK = {"sst": "sst", "para": "quora", "sts": "sts"}  # run task -> course 
 EVAL_BATCH = 64
 
 OnEval = Callable[[int, dict[str, float], Callable[[Path], Path]], None]
+Stop = Callable[[], bool]
+
+
+class TrainingInterrupted(Exception):
+    """``stop()`` asked the run to stop. It ended at a step boundary, global step ``step``;
+    ``checkpoint`` is the resumable ``last`` saved there, or None when nothing could be saved (no
+    ``checkpoint_dir``, or inside an mlm phase, which has no checkpoints)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"stopped at step {step}" + (f"; resumable from {checkpoint}" if checkpoint else ""))
 
 
 @dataclass
@@ -249,7 +268,9 @@ class Trainer:
         self.best_step = 0
         self.since_best = 0
         self.best_confusion: list[list[int]] | None = None
+        self.best_checkpoint: Path | None = None  # where the best evaluation's checkpoint is
         self.history: list[dict[str, float]] = []
+        self.running: dict[str, list[float]] = {}  # training figures since the last evaluation
         self.samples = 0
         self.train_seconds = 0.0
 
@@ -267,12 +288,15 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "best": self.best, "best_step": self.best_step, "since_best": self.since_best,
             "history": self.history, "samples": self.samples, "train_seconds": self.train_seconds,
+            "running": self.running,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
+        configured = [{k: g[k] for k in ("initial_lr", "weight_decay")} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._use_configured_rates(configured)
         self.schedule.load_state_dict(state["schedule"])
         for t, s in self.streams.items():
             s.load_state_dict(state["streams"][t])
@@ -283,6 +307,21 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.best, self.best_step, self.since_best = state["best"], state["best_step"], state["since_best"]
         self.history, self.samples, self.train_seconds = state["history"], state["samples"], state["train_seconds"]
+        self.running = {k: list(v) for k, v in state.get("running", {}).items()}
+
+    def _use_configured_rates(self, configured: list[dict[str, float]]) -> None:
+        """This config's base learning rates and weight decay, at the saved step of its schedule.
+        ``load_state_dict`` of torch's optimizer and LambdaLR brings back the saved ones, which would
+        make a resume with a new ``optim.lr`` silently keep the old. With an unchanged config the
+        rates come out bit-identical (the same product LambdaLR computes)."""
+        for group, want in zip(self.optimizer.param_groups, configured):
+            group.update(want)
+        sched = self.scheduler
+        sched.base_lrs = [want["initial_lr"] for want in configured]
+        lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched._last_lr = lrs
 
     def save(self, directory: Path, metrics: dict[str, float] | None = None) -> Path:
         if metrics is None:
@@ -316,50 +355,66 @@ class Trainer:
         return {**values, **diagnostics}
 
     def run(self, on_eval: OnEval | None = None, on_step: Callable[[int], None] | None = None,
-            checkpoint_dir: Path | None = None) -> TrainResult:
+            checkpoint_dir: Path | None = None, stop: Stop | None = None) -> TrainResult:
         cfg = self.config.train
-        running: dict[str, list[float]] = {}
         stopped_early = False
         while self.step < cfg.max_steps:
             start = time.perf_counter()
             for k, v in self.train_step().items():
-                running.setdefault(k, []).append(v)
+                self.running.setdefault(k, []).append(v)
             self.train_seconds += time.perf_counter() - start
             if on_step:
                 on_step(self.offset + self.step)
-            if self.step % cfg.eval_every and self.step != cfg.max_steps:
-                continue
-            dev, confusion_now = evaluate(self.model, self.data.dev, self.device, self.bf16, self.data.cfimdb_dev)
-            metrics = {
-                **dev, **{k: sum(v) / len(v) for k, v in running.items()},
-                "step": self.offset + self.step, "phase": self.phase, "epoch": self.schedule.epoch_of(self.step - 1),
-                "lr": self.scheduler.get_last_lr()[0],
-                "train_samples_per_s": self.samples / max(self.train_seconds, 1e-9),
-                "train_seconds": self.train_seconds,  # time inside training steps, this phase so far
-            }  # fmt: skip
-            running = {}
-            self.history.append(metrics)
-            if self.best is None or metrics["overall"] > self.best["overall"]:
-                self.best, self.best_step, self.since_best = metrics, self.offset + self.step, 0
-                self.best_confusion = confusion_now
-                if checkpoint_dir:
-                    self.save(checkpoint_dir / "best", metrics)
-            else:
-                self.since_best += 1
-            if checkpoint_dir:
-                self.save(checkpoint_dir / "last", metrics)
-            if on_eval:
-                on_eval(self.offset + self.step, metrics, lambda d, m=metrics: self.save(Path(d), m))
-            if cfg.patience and self.since_best >= cfg.patience:
-                stopped_early = True
-                break
+            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                self.evaluate(on_eval, checkpoint_dir)
+                if cfg.patience and self.since_best >= cfg.patience:
+                    stopped_early = True
+                    break
+            if stop is not None and stop():
+                self.interrupt(checkpoint_dir)
+        if self.best is None:  # resumed at or past max_steps before any evaluation
+            self.evaluate(on_eval, checkpoint_dir)
         assert self.best is not None
         return TrainResult(
             metrics=self.best, best_step=self.best_step, steps=self.offset + self.step,
             train_samples_per_s=self.samples / max(self.train_seconds, 1e-9), stopped_early=stopped_early,
-            history=self.history, sst_confusion=self.best_confusion,
-            checkpoint=checkpoint_dir / "best" if checkpoint_dir else None,
+            history=self.history, sst_confusion=self.best_confusion, checkpoint=self.best_checkpoint,
         )  # fmt: skip
+
+    def evaluate(self, on_eval: OnEval | None, checkpoint_dir: Path | None) -> dict[str, float]:
+        """Score the dev sets now; save ``best`` (if better) and ``last``; tell ``on_eval``."""
+        dev, confusion_now = evaluate(self.model, self.data.dev, self.device, self.bf16, self.data.cfimdb_dev)
+        metrics = {
+            **dev, **{k: sum(v) / len(v) for k, v in self.running.items()},
+            "step": self.offset + self.step, "phase": self.phase,
+            "epoch": self.schedule.epoch_of(max(self.step - 1, 0)), "lr": self.scheduler.get_last_lr()[0],
+            "train_samples_per_s": self.samples / max(self.train_seconds, 1e-9),
+            "train_seconds": self.train_seconds,  # time inside training steps, this phase so far
+        }  # fmt: skip
+        self.running = {}
+        self.history.append(metrics)
+        if self.best is None or metrics["overall"] > self.best["overall"]:
+            self.best, self.best_step, self.since_best = metrics, self.offset + self.step, 0
+            self.best_confusion = confusion_now
+            if checkpoint_dir:
+                self.best_checkpoint = self.save(checkpoint_dir / "best", metrics)
+        else:
+            self.since_best += 1
+        if checkpoint_dir:
+            self.save(checkpoint_dir / "last", metrics)
+        if on_eval:
+            on_eval(self.offset + self.step, metrics, lambda d, m=metrics: self.save(Path(d), m))
+        return metrics
+
+    def interrupt(self, checkpoint_dir: Path | None) -> None:
+        """Stop here, between two steps: save ``last`` unless this step's evaluation just did."""
+        last = None
+        if checkpoint_dir:
+            last = checkpoint_dir / "last"
+            seen = self.history[-1] if self.history else {}
+            if seen.get("step") != self.offset + self.step:  # else this step's evaluation saved it
+                self.save(last, {**seen, "evaluated_step": seen.get("step"), "interrupted": True})
+        raise TrainingInterrupted(self.offset + self.step, last)
 
 
 def loss_spec(config: RunConfig, task: str) -> LossSpec:
@@ -395,16 +450,19 @@ class Run:
     """
 
     def __init__(self, config: RunConfig, model: MultiTaskModel, tokenizer: Any, data: TaskData,
-                 state: dict[str, Any] | None = None):
+                 state: dict[str, Any] | None = None, resume: str | Path | None = None):
         from mtbert.config import run_phases
 
         self.config, self.model, self.tokenizer, self.data = config, model, tokenizer, data
         self.phases = run_phases(config)
         self.device = resolve_device(config.train.device)
         self.state = state
-        self.phase = state.get("phase", 0) if state else 0
-        self.step = (state.get("offset", 0) + state["step"]) if state else 0
+        self.resume = Path(resume) if resume else None  # the checkpoint ``state`` came from
+        self.phase, self.step = 0, 0
         self.mlm: list[Any] = []  # MlmResult of each mlm phase run here
+        # The resumed phase's trainer, its state loaded now: a state that does not fit this config
+        # and data (another schedule, other training files) is refused before any training.
+        self.resumed = self.resumed_trainer(state) if state is not None else None
 
     def phase_config(self, index: int) -> RunConfig:
         from mtbert.config import phase_config
@@ -424,47 +482,95 @@ class Run:
 
         return total_steps(self.config)
 
+    def resumed_trainer(self, state: dict[str, Any]) -> Trainer:
+        where = self.resume or "the checkpoint"
+        try:
+            index, offset = state.get("phase", 0), state.get("offset", 0)
+            if not isinstance(index, int) or not 0 <= index < len(self.phases) or self.phases[index].kind == "mlm":
+                kinds = [p.kind for p in self.phases]
+                raise ValueError(f"its state is of phase {index!r}, but this run's phases are {kinds}")
+            trainer = Trainer(self.phase_config(index), self.model, self.tokenizer, self.data, run_config=self.config,
+                              phase=index, offset=offset)  # fmt: skip
+            trainer.load_state_dict(state)
+        except KeyError as e:
+            raise CheckpointError(f"{where}: its saved state lacks {e}; it cannot be resumed") from None
+        except (ValueError, TypeError, IndexError, RuntimeError) as e:
+            detail = str(e).removeprefix("cannot resume: ")
+            if "sizes" in detail:
+                detail += " (the training files in the data folder are not the ones the run trained on)"
+            raise CheckpointError(f"{where}: cannot resume from it with this config and data: {detail}") from None
+        self.phase, self.step = index, offset + trainer.step
+        return trainer
+
     def run(self, on_eval: OnEval | None = None, on_step: Callable[[int], None] | None = None,
-            checkpoint_dir: Path | None = None) -> TrainResult:
-        offset = self.state.get("offset", 0) if self.state else 0
+            checkpoint_dir: Path | None = None, stop: Stop | None = None) -> TrainResult:
+        offset = self.resumed.offset if self.resumed else 0
         best: Trainer | None = None
         stopped_early = False
         for index in range(self.phase, len(self.phases)):
             phase = self.phases[index]
-            resumed = self.state is not None and index == self.phase
             config = self.phase_config(index)
             if phase.kind == "mlm":
-                self.mlm.append(self.pretrain(config, phase))
+                self.mlm.append(self.pretrain(config, phase, stop))
                 continue
-            if phase.kind == "specialist" and not resumed:
-                self.model = self.specialize(phase)
-            trainer = Trainer(config, self.model, self.tokenizer, self.data, run_config=self.config, phase=index,
-                              offset=offset)  # fmt: skip
-            if resumed:
-                trainer.load_state_dict(self.state)
-            elif best is not None:  # the best so far carries on: a phase saves "best" only to beat it
-                trainer.best, trainer.best_step, trainer.best_confusion = best.best, best.best_step, best.best_confusion
-                trainer.history = best.history
-            result = trainer.run(on_eval, on_step, checkpoint_dir)
+            if self.resumed is not None and index == self.phase:
+                trainer, self.resumed = self.resumed, None
+                trainer.best_checkpoint = self.carry_best(trainer, checkpoint_dir)
+            else:
+                if phase.kind == "specialist":
+                    self.model = self.specialize(phase)
+                trainer = Trainer(config, self.model, self.tokenizer, self.data, run_config=self.config, phase=index,
+                                  offset=offset)  # fmt: skip
+                if best is not None:  # the best so far carries on: a phase saves "best" only to beat it
+                    trainer.best, trainer.best_step, trainer.best_confusion = best.best, best.best_step, best.best_confusion
+                    trainer.best_checkpoint, trainer.history = best.best_checkpoint, best.history
+            result = trainer.run(on_eval, on_step, checkpoint_dir, stop)
             stopped_early |= result.stopped_early
             offset, self.step, best = result.steps, result.steps, trainer
         assert best is not None, "a run has a multitask or specialist phase (config validation)"
         return TrainResult(
             metrics=best.best, best_step=best.best_step, steps=offset,
             train_samples_per_s=result.train_samples_per_s, stopped_early=stopped_early, history=best.history,
-            sst_confusion=best.best_confusion, checkpoint=checkpoint_dir / "best" if checkpoint_dir else None,
+            sst_confusion=best.best_confusion, checkpoint=best.best_checkpoint,
         )  # fmt: skip
 
-    def pretrain(self, config: RunConfig, phase: Any) -> Any:
+    def carry_best(self, trainer: Trainer, checkpoint_dir: Path | None) -> Path | None:
+        """The checkpoint of the resumed run's best evaluation as ``checkpoint_dir/best``: copied there
+        from beside the resumed checkpoint (or from it) when the run goes on in another folder.
+        None when it is nowhere to be found (a new best will be saved) or there is no checkpoint_dir."""
+        if checkpoint_dir is None or trainer.best is None or self.resume is None:
+            return None
+        target = checkpoint_dir / "best"
+        for candidate in (target, self.resume.parent / "best", self.resume):
+            if saved_evaluation(candidate) == (trainer.best_step, trainer.best.get("overall")):
+                break
+        else:
+            return None
+        if candidate != target:
+            tmp = target.with_name(target.name + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            shutil.copytree(candidate, tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        return target
+
+    def pretrain(self, config: RunConfig, phase: Any, stop: Stop | None = None) -> Any:
         from mtbert.mlm import further_pretrain, task_sentences
 
         mlm = config.mlm
         if phase.lr:
             mlm = dataclasses.replace(mlm, lr=phase.lr)
         self.model.to(self.device)
+
+        def on_step(step: int, loss: float) -> None:
+            if stop is not None and stop():  # mlm phases keep no checkpoint: nothing to resume from
+                raise TrainingInterrupted(self.step, None)
+
         return further_pretrain(
             self.model.encoder, self.tokenizer, task_sentences(self.data), mlm, max_length=config.data.max_length,
-            steps=phase.steps, seed=config.train.seed, device=self.device, bf16=config.train.bf16,
+            steps=phase.steps, seed=config.train.seed, device=self.device, bf16=config.train.bf16, on_step=on_step,
         )  # fmt: skip
 
     def specialize(self, phase: Any) -> MultiTaskModel:
@@ -472,6 +578,15 @@ class Run:
 
         depth = self.model.encoder.num_layers if phase.heads_only else self.config.model.freeze_depth
         return to_specialists(self.model, depth, seed=self.config.train.seed)
+
+
+def saved_evaluation(directory: Path) -> tuple[Any, Any] | None:
+    """``(step, overall)`` of a checkpoint's metrics.json, or None if it has none readable."""
+    try:
+        metrics = json.loads((directory / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return (metrics.get("step"), metrics.get("overall")) if isinstance(metrics, dict) else None
 
 
 def train(
@@ -482,19 +597,49 @@ def train(
     on_step: Callable[[int], None] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: str | Path | None = None,
+    stop: Stop | None = None,
 ) -> TrainResult:
     """Train as ``config`` says, through all its phases. ``data`` may be prepared once and shared
     between runs; ``checkpoint_dir`` keeps ``best/`` and ``last/`` checkpoints; ``resume``
-    continues from a checkpoint saved with its state."""
+    continues from a checkpoint saved with its state; ``stop()`` True ends the run after a step
+    (``TrainingInterrupted``)."""
     run = open_run(config, resume, data)
-    return run.run(on_eval, on_step, Path(checkpoint_dir) if checkpoint_dir else None)
+    return run.run(on_eval, on_step, Path(checkpoint_dir) if checkpoint_dir else None, stop)
+
+
+def check_resume(config: RunConfig, resume: str | Path) -> None:
+    """Refuse, before anything loads, a resume whose config changes a setting fixed at resume
+    (``RESUME_FIXED``): the checkpoint's config.yaml against ``config``."""
+    directory = Path(resume)
+    if not directory.is_dir():
+        what = "is a file" if directory.is_file() else "does not exist"
+        raise CheckpointError(f"checkpoint {directory} {what}; --resume takes a checkpoint folder, e.g. <out_dir>/last")
+    if not (directory / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{directory / CONFIG_FILE} is missing; --resume takes a checkpoint folder that "
+                              "mtbert-train saved, e.g. <out_dir>/last")  # fmt: skip
+    try:
+        saved = load_config(directory / CONFIG_FILE)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    conflicts = resume_conflicts(saved, config)
+    if conflicts:
+        raise ConfigError(
+            f"--resume {directory}",
+            "; ".join(conflicts) + ". These settings are fixed at resume: keep the checkpoint's values, or start "
+            "a new run without --resume",
+        )
 
 
 def open_run(config: RunConfig, resume: str | Path | None = None, data: TaskData | None = None) -> Run:
     """A run ready to go: model and tokenizer (fresh, or a checkpoint's with the state of the phase
-    it was saved in), and the data (prepared here unless given)."""
+    it was saved in), and the data (prepared here unless given). A resume is checked first: its
+    settings fixed at resume, then its saved state, before any weights or data load."""
+    state = None
+    if resume:
+        check_resume(config, resume)
+        state = read_state(resume)
     model, tokenizer = build_run(config, resume)
-    return Run(config, model, tokenizer, data or prepare_data(config, tokenizer), read_state(resume) if resume else None)
+    return Run(config, model, tokenizer, data or prepare_data(config, tokenizer), state, resume)
 
 
 def start(config: RunConfig, resume: str | Path | None = None, data: TaskData | None = None) -> Trainer:
@@ -502,7 +647,4 @@ def start(config: RunConfig, resume: str | Path | None = None, data: TaskData | 
     if config.phases and len(config.phases) > 1:
         raise ValueError(f"start() drives one phase; this config has {len(config.phases)}: use open_run()")
     run = open_run(config, resume, data)
-    trainer = Trainer(run.phase_config(0), run.model, run.tokenizer, run.data, run_config=config)
-    if run.state:
-        trainer.load_state_dict(run.state)
-    return trainer
+    return run.resumed or Trainer(run.phase_config(0), run.model, run.tokenizer, run.data, run_config=config)

@@ -7,7 +7,11 @@
     mtbert-search ensemble DIR [--top-k K] [--retrain-seeds S] --out OUT [--json]
     mtbert-search report DIR --out OUT
 
-Exit codes: 0 done, 2 bad input (found before Ray starts or any folder is made), 1 failure.
+Exit codes: 0 done, 2 bad input (found before Ray starts or any folder is made; also a search
+folder that another command is writing into), 1 failure, 130 interrupted (Ctrl-C: ``resume`` goes on).
+The commands that write into a search folder (a search, ``resume``, ``ensemble --retrain-seeds``)
+hold its lock (``search.lock``) while they run; ``status``, ``export`` and ``report`` only read.
+Every ``--json`` output is strict JSON (NaN and infinities as null).
 The Ray-facing work is in ``search.tuner``, ``search.trainable`` and ``search.ensemble``; this
 module parses and prints.
 """
@@ -16,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
-import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
 COMMANDS = ("resume", "export", "status", "ensemble", "report")
 TASK_ROWS = (
     ("sst", "accuracy", "sst_acc"), ("para (Quora)", "accuracy", "para_acc"), ("para (Quora)", "F1", "para_f1"),
@@ -113,13 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     # are shared (with Ray's processes here): a full-dev evaluation of the tiny encoder on a busy
     # 2-core machine took 77 s spinning, 3.4 s passive. Trials get the same through Ray.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if argv[:1] and argv[0] in COMMANDS:
-        command = argv[0]
-        args = command_parser(command).parse_args(argv[1:])
-        mains = {"resume": resume_main, "export": export_main, "status": status_main, "ensemble": ensemble_main,
-                 "report": report_main}  # fmt: skip
-        return mains[command](args)
-    return search_main(search_parser().parse_args(argv))
+    try:
+        if argv[:1] and argv[0] in COMMANDS:
+            command = argv[0]
+            args = command_parser(command).parse_args(argv[1:])
+            mains = {"resume": resume_main, "export": export_main, "status": status_main, "ensemble": ensemble_main,
+                     "report": report_main}  # fmt: skip
+            return mains[command](args)
+        args = search_parser().parse_args(argv)
+        args.argv = argv
+        return search_main(args)
+    except KeyboardInterrupt:  # before or after the work that says more (run_and_report, ensemble_main)
+        print("mtbert-search: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def bad_input(error: Exception) -> int:
@@ -140,25 +150,46 @@ def search_main(args: argparse.Namespace) -> int:
         text = Path(args.space).read_text()
     except (SpaceError, ConfigError, DataError) as e:
         return bad_input(e)
-    from search.tuner import Launch, experiment_dir, free_name
+    from search.tuner import Launch, SearchError, claim_folder, experiment_dir, read_data, search_setup
 
-    taken = experiment_dir(space)
-    name = free_name(space)
-    if name:
-        space.tune = dataclasses.replace(space.tune, name=name)
-        space.notes.append(f"{taken} holds an earlier search (continue it with 'mtbert-search resume {taken}'); "
-                           f"this one goes to {experiment_dir(space)}")  # fmt: skip
-    if (args.address or os.environ.get("RAY_ADDRESS")) and not space.tune.max_failures:
-        space.notes.append("tune.max_failures is 0: on a cluster, a trial on a node that is lost ends as ERROR; "
-                           "set it to 1 or more to continue such trials from their last checkpoints elsewhere")  # fmt: skip
     out = sys.stderr if args.json else sys.stdout
-    for note in space.notes:
-        print(note, file=out)
-    launch = Launch(args.space, dict(overrides), space.profile, args.smoke)  # resume loads the space the same way
-    from search.tuner import run_search
+    try:  # the data too: a file that cannot be used is found before Ray starts or a folder is made
+        setup = search_setup(space)
+        data = read_data(setup, log=lambda line: print(line, file=out, flush=True))
+    except (SpaceError, ConfigError, DataError) as e:
+        return bad_input(e)
+    taken = experiment_dir(space)
+    try:  # the folder is this search's alone from here on: a second search with this name gets its own
+        lock = claim_folder(space, " ".join(["mtbert-search", *map(shlex.quote, argv_of(args))]))
+    except SearchError as e:
+        return bad_input(e)
+    with lock:
+        if experiment_dir(space) != taken:
+            space.notes.append(f"{taken} holds another search (continue it with '{resume_command(taken)}'); "
+                               f"this one goes to {experiment_dir(space)}")  # fmt: skip
+        if lock.taken_over:
+            space.notes.append(lock.taken_over)
+        if (args.address or os.environ.get("RAY_ADDRESS")) and not space.tune.max_failures:
+            space.notes.append("tune.max_failures is 0: on a cluster, a trial on a node that is lost ends as "
+                               "ERROR; set it to 1 or more to continue such trials from their last checkpoints "
+                               "elsewhere")  # fmt: skip
+        for note in space.notes:
+            print(note, file=out)
+        launch = Launch(args.space, dict(overrides), space.profile, args.smoke)  # resume loads the space the same way
+        from search.tuner import run_search
 
-    run = functools.partial(run_search, space, launch, text, address=args.address)
-    return run_and_report(run, space, args.json, experiment_dir(space))
+        run = functools.partial(run_search, space, launch, text, setup, data, address=args.address)
+        return run_and_report(run, space, args.json, experiment_dir(space))
+
+
+def argv_of(args: argparse.Namespace) -> list[str]:
+    """The command line the search was started with (for the lock's holder)."""
+    argv = getattr(args, "argv", None)
+    return sys.argv[1:] if argv is None else argv
+
+
+def resume_command(experiment: Path) -> str:
+    return f"mtbert-search resume {shlex.quote(str(experiment))}"
 
 
 def report_main(args: argparse.Namespace) -> int:
@@ -174,22 +205,29 @@ def report_main(args: argparse.Namespace) -> int:
 
 
 def resume_main(args: argparse.Namespace) -> int:
+    from mtbert.data import DataError, resolve_data_dir
     from search.space import SpaceError
-    from search.tuner import SearchError, resume_search, saved_space
+    from search.tuner import SearchError, lock_search, resume_search, saved_space
 
-    try:
-        space, launch = saved_space(args.dir)
-    except (SearchError, SpaceError) as e:
-        return bad_input(e)
     experiment = Path(args.dir).expanduser().resolve()
+    try:
+        space, launch = saved_space(experiment)
+        resolve_data_dir(space.base.data.dir)  # the data the trials read is still there
+        lock = lock_search(experiment, resume_command(experiment))
+    except (SearchError, SpaceError, DataError) as e:
+        return bad_input(e)
+    if lock.taken_over:
+        print(lock.taken_over, file=sys.stderr if args.json else sys.stdout)
     run = functools.partial(resume_search, experiment, space, launch, address=args.address)
-    return run_and_report(run, space, args.json, experiment)
+    with lock:
+        return run_and_report(run, space, args.json, experiment)
 
 
 def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int:
     """Run the search (``run(log=...)``; its progress on stdout, or stderr with --json), then print
-    the best trial."""
-    from search.tuner import SearchError, load_results, summarize
+    the best trial; after Ctrl-C, how far it got and how to go on (exit 130)."""
+    from mtbert.data import DataError
+    from search.tuner import SearchError, SearchInterrupted, load_results, strict_json, summarize
 
     out = sys.stderr if as_json else sys.stdout
 
@@ -201,13 +239,12 @@ def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             results = load_results(run(log=log))
             summary = summarize(results, space, log=log)
-    except SearchError as e:
+    except (SearchError, DataError) as e:
         return bad_input(e)
-    except KeyboardInterrupt:
-        print(f"mtbert-search: interrupted; continue with 'mtbert-search resume {experiment}'", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt as e:  # SearchInterrupted: stopped and saved; else stopped at once
+        return report_interrupted(space, as_json, experiment, saved=isinstance(e, SearchInterrupted))
     if as_json:
-        print(json.dumps({**summary, "notes": list(space.notes)}, default=str))
+        print(strict_json({**summary, "notes": list(space.notes)}))
     else:
         print_summary(summary)
     best = summary.get("best")
@@ -217,6 +254,47 @@ def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int
         return 1
     note_quora(space, best)
     return 0
+
+
+def report_interrupted(space: Any, as_json: bool, experiment: Path, saved: bool) -> int:
+    """What an interrupted search did: its trials by state, the best so far labelled provisional
+    (no summary.json: that is written when a search ends), and the command that continues it."""
+    from search.tuner import SearchError, load_results, strict_json
+
+    try:
+        results = load_results(experiment)
+    except SearchError:  # stopped before Tune saved anything
+        results = None
+    trials = results.trials if results else []
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.status] = states.get(t.status, 0) + 1
+    finished = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+    total = max(space.tune.num_samples, len(trials))
+    midway, waiting = len(trials) - finished, total - len(trials)
+    best = None
+    ranked = results.ranked() if results else []
+    if ranked:
+        b = ranked[0]
+        best = {"trial_id": b.trial_id, "status": b.status, results.metric: b.best.get(results.metric),
+                "iteration": b.best.get("training_iteration"), "provisional": True}  # fmt: skip
+    how = ("the trials were stopped and the search's state saved" if saved else
+           "stopped at once; the search goes on from the state it last saved")  # fmt: skip
+    lines = [f"mtbert-search: interrupted: {how}",
+             f"{finished} of {total} trial(s) finished, {midway} stopped before their end, {waiting} not started"
+             + (f" (Tune: {', '.join(f'{n} {s}' for s, n in sorted(states.items()))})" if states else "")]  # fmt: skip
+    if best is not None:
+        lines.append(f"best so far (provisional: {total - finished} trial(s) not finished): trial {best['trial_id']} "
+                     f"{results.metric} {best[results.metric]:.4f} at evaluation {best['iteration']}")  # fmt: skip
+    lines.append(f"continue with: {resume_command(experiment)}")
+    for line in lines:
+        print(line, file=sys.stderr)
+    if as_json:
+        print(strict_json({"interrupted": True, "experiment": str(experiment), "trials": len(trials),
+                           "num_samples": total, "finished": finished, "trial_states": states, "best": None,
+                           "best_so_far": best, "resume": resume_command(experiment),
+                           "notes": list(space.notes)}))  # fmt: skip
+    return EXIT_INTERRUPTED
 
 
 def note_quora(space: Any, best: dict[str, Any]) -> None:
@@ -238,8 +316,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"trial {trial_id} stopped itself: {reason}")
     if best is None:
         return
-    print(f"best trial {best['trial_id']}: {summary['metric']} {best['selection'].get(summary['metric'], float('nan')):.4f} "
-          f"at step {best['step']} (evaluation {best['iteration']})")  # fmt: skip
+    score = best["selection"].get(summary["metric"], float("nan"))
+    print(f"best trial {best['trial_id']}: {summary['metric']} {score:.4f} at step {best['step']} "
+          f"(evaluation {best['iteration']})")  # fmt: skip
     for key, value in best["params"].items():
         print(f"  {key} = {value}")
     full = best["full_dev"]
@@ -283,6 +362,8 @@ def status_main(args: argparse.Namespace) -> int:
         results = load_results(args.dir)
     except SearchError as e:
         return bad_input(e)
+    except OSError as e:  # a folder it may not read, say
+        return bad_input(f"{args.dir}: {e.strerror or e}")
     sys.stdout.write(render(table(results, space), args.format))
     return 0
 
@@ -290,11 +371,16 @@ def status_main(args: argparse.Namespace) -> int:
 def ensemble_main(args: argparse.Namespace) -> int:
     from mtbert.checkpoint import CheckpointError
     from search.ensemble import build, plan, print_report
-    from search.tuner import SearchError
+    from search.tuner import SearchError, lock_search, strict_json
 
     try:  # everything that can be wrong with the input is found before Ray starts or a file is written
         request = plan(args.dir, args.out, args.top_k, args.retrain_seeds, {"sst": args.sst, "para": args.para},
                        args.max_rounds)  # fmt: skip
+        # retraining is a Tune run like the search's: not while another command writes into the search
+        command = (f"mtbert-search ensemble {shlex.quote(str(request.experiment))} --retrain-seeds "
+                   f"{args.retrain_seeds} --out {shlex.quote(str(request.out))}")  # fmt: skip
+        lock = lock_search(request.experiment, command, read_only_ok=True) if args.retrain_seeds \
+            else contextlib.nullcontext()  # fmt: skip
     except SearchError as e:
         return bad_input(e)
     out = sys.stderr if args.json else sys.stdout
@@ -303,8 +389,10 @@ def ensemble_main(args: argparse.Namespace) -> int:
         print(line, file=out, flush=True)
 
     try:
-        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        with lock, contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             report = build(request, address=args.address, log=log)
+    except SearchError as e:  # --address with no Ray cluster there
+        return bad_input(e)
     except (RuntimeError, CheckpointError) as e:
         print(f"mtbert-search ensemble: {e}", file=sys.stderr)
         return 1
@@ -312,9 +400,9 @@ def ensemble_main(args: argparse.Namespace) -> int:
         print(f"mtbert-search ensemble: interrupted; the same command continues: the members' outputs in "
               f"{request.out / 'members'} and the retraining in {request.out / 'retrain'} are reused",
               file=sys.stderr)  # fmt: skip
-        return 1
+        return EXIT_INTERRUPTED
     if args.json:
-        print(json.dumps(report))
+        print(strict_json(report))
     else:
         print_report(report)
     return 0

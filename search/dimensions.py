@@ -199,7 +199,25 @@ def _parse_choices(spec: dict[str, Any], where: str, path: Path) -> list[Any]:
     for i, c in enumerate(choices):
         if any(_same(c, d) for d in choices[:i]):
             raise SpaceError(path, where, f"choice has {_flow(c)} twice; list each value once")
+        bad = non_finite(c)
+        if bad is not None:
+            inside = f" (at {bad[0]})" if bad[0] else ""
+            raise SpaceError(path, where, f"choice {_flow(c)} holds {bad[1]}{inside}, but every number in a "
+                                          "choice must be finite (no .inf or .nan)")  # fmt: skip
     return choices
+
+
+def non_finite(value: Any, key: str = "") -> tuple[str, float] | None:
+    """The first infinite or NaN number in ``value`` (a number, or in a list or mapping) and the
+    dotted key it is at under ``key``; None if there is none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = non_finite(v, f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 def _parse_bounds(kind: str, body: Any, where: str, path: Path) -> tuple[float, float]:
@@ -213,12 +231,18 @@ def _parse_bounds(kind: str, body: Any, where: str, path: Path) -> tuple[float, 
     if not ok:
         raise SpaceError(path, where, f"{kind} bounds must be two {what} [low, high], got {show(body)}")
     low, high = body
+    if not all(math.isfinite(b) for b in body):
+        raise SpaceError(path, where, f"{kind} bounds are [{low:g}, {high:g}], but must be finite numbers "
+                                      "(no .inf or .nan)")  # fmt: skip
     if not low < high:
         raise SpaceError(
             path,
             where,
             f"{kind} range [{low:g}, {high:g}] is empty: low must be < high (a single value belongs in the run config)",
         )
+    if not math.isfinite(high - low):
+        raise SpaceError(path, where, f"{kind} range [{low:g}, {high:g}] is too wide: high - low must be a finite "
+                                      "number")  # fmt: skip
     if kind == "loguniform" and low <= 0:
         raise SpaceError(
             path,
@@ -238,8 +262,10 @@ def _parse_step(kind: str, step: Any, low: float, high: float, where: str, path:
             path, f"{where}.step", "loguniform takes no step (Optuna's log scale has none); use uniform with a step"
         )
     integer = kind == "int"
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or (integer and step % 1):
-        need = "an integer >= 1" if integer else "a number > 0"
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0 or (
+        integer and step % 1
+    ):
+        need = "an integer >= 1" if integer else "a finite number > 0"
         raise SpaceError(path, f"{where}.step", f"step is {show(step)}, but must be {need}")
     steps = (high - low) / step
     if abs(steps - round(steps)) > 1e-9:

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from search.export import check_out_folder
 from search.tuner import SearchError, TrialRecord, load_results
 
 REPORT_FILE = "report.json"
@@ -107,12 +108,12 @@ def plan(experiment: str | Path, out: str | Path, top_k: int = 3, seeds: int = 0
         if name not in COMBINERS[task]:
             raise SearchError(f"--{task} is {name!r}, but must be one of: {', '.join(COMBINERS[task])}")
     out = Path(out).expanduser().resolve()
+    check_out_folder(out, f"{REPORT_FILE}, the prediction files and {MEMBERS_DIR}/: new, or one an ensemble run "
+                          "left unfinished")  # fmt: skip
     if (out / REPORT_FILE).exists():
         raise SearchError(f"{out} already holds an ensemble ({REPORT_FILE}); choose another --out, or delete "
                           f"{out / REPORT_FILE} to combine again (the member outputs in {out / MEMBERS_DIR} "
                           "are reused)")  # fmt: skip
-    if out.exists() and not out.is_dir():
-        raise SearchError(f"--out {out} is a file, but must be a folder (new, or one an ensemble run left unfinished)")
     results = load_results(experiment)
     ranked = results.ranked()
     if not ranked:
@@ -122,9 +123,37 @@ def plan(experiment: str | Path, out: str | Path, top_k: int = 3, seeds: int = 0
         notes.append(f"--top-k is {top_k}, but {results.experiment} has {len(ranked)} trial(s) with a checkpoint; "
                      f"using those {len(ranked)}")  # fmt: skip
     p = Plan(results.experiment, out, ranked[:top_k], seeds, combiners, max_rounds, results.metric, notes)
+    _check_members(p)
     if seeds:
         _check_retrain_folder(p)
     return p
+
+
+def _check_members(p: Plan) -> None:
+    """Each member's checkpoint as loading checks it (no tensor read), and the data it predicts;
+    with retraining, the search's saved space that the retrained runs start from."""
+    from mtbert.checkpoint import CheckpointError, check_checkpoint
+    from mtbert.data import DataError, resolve_data_dir
+    from search.space import SpaceError
+    from search.tuner import saved_space
+
+    configs = {}
+    for t in p.trials:
+        try:
+            configs[t.trial_id] = check_checkpoint(t.checkpoint).config
+        except CheckpointError as e:
+            raise SearchError(f"trial {t.trial_id}: {e}") from None
+    for trial_id, config in configs.items():
+        try:
+            resolve_data_dir(config.data.dir)
+        except DataError as e:
+            raise SearchError(f"trial {trial_id} predicts the dev and test sets, but its {e}") from None
+    if p.seeds:
+        try:
+            saved_space(p.experiment)
+        except SpaceError as e:
+            raise SearchError(f"--retrain-seeds trains from the search's saved space, which does not load: "
+                              f"{e}") from None  # fmt: skip
 
 
 def _retrain_request(p: Plan) -> dict[str, Any]:
@@ -133,7 +162,14 @@ def _retrain_request(p: Plan) -> dict[str, Any]:
 
 def _check_retrain_folder(p: Plan) -> None:
     path = p.out / RETRAIN_DIR / RETRAIN_FILE
-    if path.is_file() and json.loads(path.read_text()) != _retrain_request(p):
+    if not path.is_file():
+        return
+    try:
+        request = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SearchError(f"{path} does not read ({e}), so what {p.out / RETRAIN_DIR} trains is unknown; "
+                          "choose another --out") from None  # fmt: skip
+    if request != _retrain_request(p):
         raise SearchError(f"{p.out / RETRAIN_DIR} holds a retraining of other trials or seeds "
                           f"({path.read_text().strip()}); choose another --out")  # fmt: skip
 
@@ -323,12 +359,17 @@ def read_outputs(folder: Path, experiment: Path, member: Member) -> Outputs | No
 
     if not (folder / MEMBER_FILE).is_file() or not (folder / OUTPUTS_FILE).is_file():
         return None
-    info = json.loads((folder / MEMBER_FILE).read_text())
+    try:  # written atomically, so a file that does not read was spoilt since: predict again
+        info = json.loads((folder / MEMBER_FILE).read_text())
+        tensors = load_file(str(folder / OUTPUTS_FILE))
+    except Exception:  # JSON, UTF-8, safetensors: each has its own error type
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("ids"), dict):
+        return None
     if info.get("experiment") != str(experiment) or info.get("seed") != member.seed:
         return None
     if member.checkpoint is not None and info.get("checkpoint") != str(member.checkpoint):
         return None
-    tensors = load_file(str(folder / OUTPUTS_FILE))
     gold = {k.removesuffix(".dev.gold"): v for k, v in tensors.items() if k.endswith(".gold")}
     values = {k: v for k, v in tensors.items() if not k.endswith(".gold")}
     if member.seed is not None:  # a retrained member: its checkpoint and score as they were

@@ -12,52 +12,116 @@
 Trials are ranked by their best result on the search metric; each exports the checkpoint of that
 result. The resumable ``state/`` (optimizer, RNG) stays behind: an export is for use, and
 ``mtbert.checkpoint.load_checkpoint`` reads it (safetensors and JSON only).
+
+Every checkpoint is checked as loading checks it (``mtbert.checkpoint.check_checkpoint``: headers
+and text files, no tensor read) before anything is written, so a bad one stops the export with
+nothing written. Each rank is copied into a temporary folder beside OUT and renamed into place, so
+OUT never holds part of a rank; if a copy fails, the ranks this export wrote are removed again.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from search.tuner import SCORE_KEYS, TRAINING_ITERATION, SearchError, SearchResults, decoded, load_results
+from search.tuner import (
+    SCORE_KEYS,
+    TRAINING_ITERATION,
+    SearchError,
+    SearchResults,
+    TrialRecord,
+    decoded,
+    load_results,
+)
 
 TRIAL_FILE = "trial.json"
 
 
 def export(experiment: str | Path, out: str | Path, top_k: int = 1, space: Any = None,
            results: SearchResults | None = None) -> list[Path]:  # fmt: skip
-    """Copy the best ``top_k`` trials' best checkpoints to ``out/rank-1`` ...; returns the folders."""
-    from mtbert.checkpoint import CONFIG_FILE, ENCODER_DIR, HEADS_FILE, METRICS_FILE
-
+    """Copy the best ``top_k`` trials' best checkpoints to ``out/rank-1`` ...; returns the folders.
+    Raises ``SearchError`` (bad input: nothing is written) naming what is wrong."""
     if top_k < 1:
         raise SearchError(f"--top-k is {top_k}, but must be >= 1")
+    out = Path(out).expanduser()
+    check_out_folder(out, "the rank-1 ... folders")
     results = results or load_results(experiment)
-    ranked = results.ranked()
+    ranked = results.ranked()[:top_k]
     if not ranked:
         raise SearchError(f"{results.experiment} has no trial with a checkpoint to export yet")
-    out = Path(out)
-    taken = [out / f"rank-{i}" for i in range(1, min(top_k, len(ranked)) + 1) if (out / f"rank-{i}").exists()]
+    taken = [out / f"rank-{i}" for i in range(1, len(ranked) + 1) if (out / f"rank-{i}").exists()]
     if taken:
         raise SearchError(f"{taken[0]} already exists; export into an empty folder (--out)")
-    written = []
-    for rank, trial in enumerate(ranked[:top_k], 1):
-        missing = [
-            n for n in (CONFIG_FILE, HEADS_FILE, METRICS_FILE, ENCODER_DIR) if not (trial.checkpoint / n).exists()
-        ]
-        if missing:
-            raise SearchError(f"{trial.checkpoint} is not a complete mtbert checkpoint: {', '.join(missing)} missing")
-        dest = out / f"rank-{rank}"
-        shutil.copytree(trial.checkpoint, dest, ignore=shutil.ignore_patterns("state", "*.tmp"))
-        metrics = json.loads((dest / METRICS_FILE).read_text())
-        info = {
-            "rank": rank, "trial_id": trial.trial_id, "metric": results.metric, "mode": results.mode,
-            "score": trial.best[results.metric], "scores": {k: metrics[k] for k in SCORE_KEYS if k in metrics},
-            "params": decoded(space, trial.params), "step": metrics.get("step"),
-            "iteration": trial.best.get(TRAINING_ITERATION), "optuna_state": trial.state, "tune_status": trial.status,
-            "source": str(trial.checkpoint), "experiment": str(results.experiment),
-        }  # fmt: skip
-        (dest / TRIAL_FILE).write_text(json.dumps(info, indent=2, default=str))
-        written.append(dest)
+    metrics = [checked_metrics(trial) for trial in ranked]
+    made_out = not out.exists()
+    written: list[Path] = []
+    try:
+        for rank, (trial, m) in enumerate(zip(ranked, metrics), 1):
+            info = trial_info(rank, trial, m, results, space)
+            written.append(_copy_rank(trial.checkpoint, out, rank, info))
+    except BaseException:  # an error or Ctrl-C part way: no rank of this export stays
+        for folder in written:
+            shutil.rmtree(folder, ignore_errors=True)
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     return written
+
+
+def check_out_folder(out: Path, holds: str) -> None:
+    """``--out`` must be a folder, or a path to make one at: ``SearchError`` if it, or a folder
+    above it, is a file, or the first existing folder above it cannot be written."""
+    for folder in (out, *out.parents):
+        if not folder.exists():
+            continue
+        if folder == out and not folder.is_dir():
+            raise SearchError(f"--out {out} is a file, but must be a folder (for {holds})")
+        if not folder.is_dir():
+            raise SearchError(f"--out {out} cannot be made: {folder} is a file")
+        if folder != out and not os.access(folder, os.W_OK | os.X_OK):
+            raise SearchError(f"--out {out} cannot be made: {folder} is not writable")
+        return
+
+
+def checked_metrics(trial: TrialRecord) -> dict[str, Any]:
+    """The trial's checkpoint checked as ``load_checkpoint`` checks it; its metrics."""
+    from mtbert.checkpoint import CheckpointError, check_checkpoint
+
+    try:
+        return check_checkpoint(trial.checkpoint).metrics
+    except CheckpointError as e:
+        raise SearchError(f"trial {trial.trial_id}: {e}") from None
+
+
+def trial_info(rank: int, trial: TrialRecord, metrics: dict[str, Any], results: SearchResults,
+               space: Any) -> dict[str, Any]:  # fmt: skip
+    return {
+        "rank": rank, "trial_id": trial.trial_id, "metric": results.metric, "mode": results.mode,
+        "score": trial.best[results.metric], "scores": {k: metrics[k] for k in SCORE_KEYS if k in metrics},
+        "params": decoded(space, trial.params), "step": metrics.get("step"),
+        "iteration": trial.best.get(TRAINING_ITERATION), "optuna_state": trial.state, "tune_status": trial.status,
+        "source": str(trial.checkpoint), "experiment": str(results.experiment),
+    }  # fmt: skip
+
+
+def _copy_rank(source: Path, out: Path, rank: int, info: dict[str, Any]) -> Path:
+    """``source`` and ``trial.json`` into ``out/rank-<rank>``, through a temporary folder beside
+    ``out`` that is renamed into place whole."""
+    dest = out / f"rank-{rank}"
+    absolute = out.resolve()
+    tmp = absolute.parent / f".{absolute.name}.rank-{rank}.tmp"
+    try:
+        if tmp.exists():  # left by an export that was killed
+            shutil.rmtree(tmp)
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("state", "*.tmp"))
+        (tmp / TRIAL_FILE).write_text(json.dumps(info, indent=2, default=str))
+        out.mkdir(parents=True, exist_ok=True)
+        tmp.rename(dest)
+    except OSError as e:
+        raise SearchError(f"could not copy {source} to {dest}: {e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from search.export import check_out_folder
 from search.tuner import SEARCH_FILE, SUMMARY_FILE, Launch, SearchError, SearchResults, decoded
 
 INDEX = "index.html"
@@ -72,17 +73,20 @@ def write_report(experiment: str | Path, out: str | Path, log: Any = print) -> P
     started = time.perf_counter()
     search = read_search(experiment)
     sections = build_sections(search)
-    out.mkdir(parents=True, exist_ok=True)
-    for section in sections:
-        stale = out / f"{section.name}.png"  # a figure an earlier report of this folder had
-        if section.figure is None:
-            stale.unlink(missing_ok=True)
-            continue
-        section.png = png_bytes(section.figure)
-        stale.write_bytes(section.png)
-        section.figure = None  # freed with the last reference; there is no pyplot figure to close
     index = out / INDEX
-    index.write_text(render_html(search, sections))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for section in sections:
+            stale = out / f"{section.name}.png"  # a figure an earlier report of this folder had
+            if section.figure is None:
+                stale.unlink(missing_ok=True)
+                continue
+            section.png = png_bytes(section.figure)
+            stale.write_bytes(section.png)
+            section.figure = None  # freed with the last reference; there is no pyplot figure to close
+        index.write_text(render_html(search, sections))
+    except OSError as e:  # a full disk, a folder made read-only meanwhile
+        raise SearchError(f"could not write the report into {out}: {e}") from None
     log(f"report: {index} ({len(search.results.trials)} trial(s), "
         f"{sum(bool(s.png) for s in sections)} figure(s), {time.perf_counter() - started:.1f} s)")  # fmt: skip
     return index
@@ -97,6 +101,7 @@ def check_paths(experiment: str | Path, out: str | Path) -> tuple[Path, Path]:
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise SearchError(f"{out} is an existing file; --out takes a folder to write {INDEX} and the figures into")
+    check_out_folder(out, f"{INDEX} and the figures")
     if out == experiment:
         raise SearchError(f"--out {out} is the search folder itself; give a folder of its own for the report")
     return experiment, out
@@ -124,14 +129,13 @@ def read_search(experiment: Path) -> Search:
     searcher = load_searcher(experiment)
     if searcher is None:
         missing.append("No Optuna study is saved yet: Optuna states and parameter importance are unavailable.")
-    summary_path = experiment / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    summary = read_summary(experiment / SUMMARY_FILE, missing)
     histories = {t.trial_id: read_history(t.path) for t in results.trials}
     waiting = [t.trial_id for t in results.trials if not histories[t.trial_id]]
     if waiting:
         missing.append(f"{len(waiting)} trial(s) have reported no results yet: {', '.join(waiting)}.")
     running = [t.trial_id for t in results.trials if t.status in ("RUNNING", "PENDING", "PAUSED")]
-    if summary is None:
+    if summary is None and not (experiment / SUMMARY_FILE).is_file():
         missing.append(
             (f"The search is still running or was interrupted ({len(running)} trial(s) unfinished); this report "
              "shows the results so far." if running else
@@ -140,6 +144,21 @@ def read_search(experiment: Path) -> Search:
         )  # fmt: skip
     return Search(experiment, launch, results, histories, space, searcher.study() if searcher else None, summary,
                   missing)  # fmt: skip
+
+
+def read_summary(path: Path, missing: list[str]) -> dict | None:
+    """The search's summary.json, or None (and a line in ``missing`` if it is there but does not read)."""
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        missing.append(f"{path.name} does not read ({e}); the search's summary is left out.")
+        return None
+    if not isinstance(summary, dict):
+        missing.append(f"{path.name} holds a {type(summary).__name__}, not the search's summary; it is left out.")
+        return None
+    return summary
 
 
 def read_history(trial_dir: Path) -> list[dict]:

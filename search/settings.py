@@ -8,6 +8,7 @@ tune.KEY=VALUE``. ``TuneSettings`` is the merged result; ``SOURCES`` say which l
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,10 +81,11 @@ def _number(minimum: float, strict: bool = False, optional: bool = False) -> Rul
         if v is None and optional:
             return None
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if number and (v > minimum if strict else v >= minimum):
+        finite = number and math.isfinite(v)
+        if finite and (v > minimum if strict else v >= minimum):
             return None
         need = f"{'>' if strict else '>='} {minimum:g}" + (" or null" if optional else "")
-        return f"{name} is {show(v)}, but must be {need if number else 'a number ' + need}"
+        return f"{name} is {show(v)}, but must be {need if finite else 'a finite number ' + need}"
 
     return rule
 

@@ -9,8 +9,13 @@ the base run config (``mtbert.config``'s checks), the dimensions' format and con
 (``search.dimensions``), the tune settings (``search.settings``), and what the dimensions do to the
 run (``search.checks``): each dimension's extreme values (both ends of a range, every choice), and
 those of each pair of choice and int dimensions, are applied to the base and validated as a run
-config, with the dimensions they depend on or switch on set accordingly. A bad value fails as one
+config, with the dimensions they depend on or switch on set accordingly. Every number is finite
+(no .inf or .nan in a bound, step, choice, run setting or tune value). A bad value fails as one
 ``SpaceError`` naming the file, the key path and what is allowed.
+
+An empty file is refused. A space with no dimensions is a fixed point: its trials would all be the
+same run, so it runs one trial, and asking for more (``tune.num_samples`` in the file, a profile or
+``--set``) is refused.
 
 Layers, each checked where it was written: the file, then the profile (``tune.profiles.<name>``:
 tune values, ``set:`` run values, ``search:`` dimensions), then ``smoke``, then ``--set``.
@@ -19,6 +24,7 @@ tune values, ``set:`` run values, ``search:`` dimensions), then ``smoke``, then 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +51,7 @@ from search.checks import (
     run_key_problem,
     value_at,
 )
-from search.dimensions import Dimension, order, parse_search
+from search.dimensions import Dimension, non_finite, order, parse_search
 from search.errors import SpaceError, did_you_mean, show
 from search.settings import FIELDS, TuneLayers, TuneSettings, build_settings, check_key, read_tune
 
@@ -64,6 +70,7 @@ SMOKE_TUNE = {
     "reduction_factor": 2, "max_t": None, "eval_subset": 64, "final_eval": "none", "time_budget_s": 600,
 }  # fmt: skip
 _PHASE_LENGTH = re.compile(r"^phases\.\d+\.(steps|eval_every)$")
+FIXED_POINT = "a fixed point: no search dimensions"
 
 
 @dataclass
@@ -130,6 +137,8 @@ def load_space(
     """Read, merge (file, profile, smoke, ``overrides``) and check a space file; see the module doc."""
     path = Path(path)
     raw = _read(path)
+    if not raw:
+        raise SpaceError(path, "file", f"is empty; {HOLDS}")
     base = _run_config({k: v for k, v in raw.items() if k not in ("search", "tune")}, path)
     layers, profiles = read_tune(raw.get("tune"), path)
     entries = _search_entries(raw.get("search"), path)
@@ -152,12 +161,49 @@ def load_space(
     dims = _pin(dims, pinned, base, smoke)
     check_ratio_grid(dims, path)
     settings = build_settings(layers, path, extra_sst=base.data.extra_sst is not None)
+    one = not dims and settings.num_samples > 1 and _trials_not_asked_for(layers)
+    if one:  # no dimension: every trial would be the same run
+        settings = dataclasses.replace(settings, num_samples=1)
+    elif not dims and settings.num_samples > 1:
+        raise _same_trials(settings.num_samples, layers, entries, pinned, path)
     base = _settings_into_run(base, settings, path)
     max_evals, max_steps = check_dimensions(path, base, dims)
     settings = _finish_settings(settings, layers, max_evals, path, smoke)
     space = Space(path, base, dims, settings, name, smoke, max_evals=max_evals, max_steps=max_steps)
     space.notes = _notes(space, chosen_profile is not None, profile is not None, pinned)
+    if one:
+        asked = layers.values.get("num_samples", TuneSettings.num_samples)
+        space.notes = [f"{n}, so 1 trial, not {asked}: every trial would be the same run" if n == FIXED_POINT else n
+                       for n in space.notes]  # fmt: skip
     return space
+
+
+# ---- nothing to search -------------------------------------------------------------------------
+
+HOLDS = (
+    "a space file holds a run config (model:, train:, ... as mtbert-train reads it), a search: section of "
+    "dimensions such as optim.lr: {loguniform: [1.0e-5, 1.0e-4]}, and a tune: section (see spaces/pcgrad.yaml)"
+)
+
+
+def _trials_not_asked_for(layers: TuneLayers) -> bool:
+    """tune.num_samples is the default, or the smoke test's: nobody asked for several trials."""
+    source = layers.sources.get("num_samples")
+    return source is None or source.startswith("smoke.")
+
+
+def _same_trials(
+    n: int, layers: TuneLayers, entries: dict[str, tuple[Any, str]], pinned: dict[str, str], path: Path
+) -> SpaceError:
+    """Several trials asked for, and no dimension: each would train the same run (the same seed too)."""
+    fixed = [k for k in entries if k in pinned]
+    why = f" ({', '.join(fixed)} fixed by {', '.join(dict.fromkeys(pinned[k] for k in fixed))})" if fixed else ""
+    return SpaceError(
+        path,
+        "search",
+        f"has no dimensions{why}, but {layers.sources['num_samples']} is {n}: every trial would be the same run; "
+        "add a dimension under search:, or set tune.num_samples: 1 to train this one point",
+    )
 
 
 # ---- the run config ----------------------------------------------------------------------------
@@ -183,6 +229,7 @@ def shrink(config: RunConfig, like: RunConfig | None = None) -> RunConfig:
 
 
 def _run_config(data: dict[str, Any], path: Path) -> RunConfig:
+    _refuse_non_finite(data, "", path)
     try:
         return from_dict(data)
     except ConfigError as e:
@@ -193,6 +240,9 @@ def _override(base: RunConfig, values: dict[str, Any], path: Path, where: str) -
     """``base`` with dotted ``values`` (already YAML-typed); errors are named under ``where``."""
     if not values:
         return base
+    for key, value in values.items():
+        _refuse_non_finite(value, f"{where} {key}" if where.startswith("--") else f"{where}.{key}" if where else key,
+                           path)  # fmt: skip
     data = base.to_dict()
     try:
         for key, value in values.items():
@@ -201,6 +251,16 @@ def _override(base: RunConfig, values: dict[str, Any], path: Path, where: str) -
     except ConfigError as e:
         key = f"{where} {e.key}" if where.startswith("--") else f"{where}.{e.key}" if where else e.key
         raise SpaceError(path, key, e.message) from None
+
+
+def _refuse_non_finite(value: Any, key: str, path: Path) -> None:
+    """Run settings are finite: an infinite or NaN number (.inf, .nan, 1.0e+400) anywhere in
+    ``value`` is refused under its full key, where mtbert's own checks might let it through."""
+    found = non_finite(value)
+    if found is not None:
+        inner, number = found
+        full = f"{key}.{inner}" if key and inner else key or inner
+        raise SpaceError(path, full, f"is {show(number)}, but must be a finite number (no .inf or .nan)")
 
 
 def _settings_into_run(base: RunConfig, settings: TuneSettings, path: Path) -> RunConfig:
@@ -249,7 +309,7 @@ def _read(path: Path) -> dict[str, Any]:
         raise SpaceError(path, "yaml", refused_tag(e) or f"not valid YAML{where}: {e.problem}") from None
     except yaml.YAMLError as e:
         raise SpaceError(path, "yaml", f"not valid YAML: {e}") from None
-    if data is None:
+    if data is None:  # nothing but comments, or nothing at all
         return {}
     if not isinstance(data, dict):
         raise SpaceError(
@@ -422,7 +482,7 @@ def _notes(space: Space, has_profile: bool, asked: bool, pinned: dict[str, str])
             f"dev subsets of {space.base.data.max_eval_per_task}, no final evaluation"
         )
     keys = list(dict.fromkeys(d.key for d in space.dimensions))
-    lines.append(f"{len(keys)} dimensions: {', '.join(keys)}" if keys else "a fixed point: no search dimensions")
+    lines.append(f"{len(keys)} dimensions: {', '.join(keys)}" if keys else FIXED_POINT)
     if pinned:
         lines.append(
             "not searched, fixed by "

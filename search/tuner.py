@@ -14,17 +14,28 @@ Layout of a search's folder, ``<tune.storage_path>/<tune.name>``:
     trial_<id>/                   one per trial: result.json, progress.csv, params.json, the
                                   TensorBoard event files, checkpoint_<n>/ (mtbert checkpoints)
     summary.json                  the best trial, written when the search ends
+    search.lock                   while a command writes here: which one (``search.lock``)
     experiment_state-*.json, tuner.pkl, searcher-state-*.pkl, ...   Ray Tune's and Optuna's state
+
+Ctrl-C while Tune runs stops a search the way Tune's own stop request does (its trials stopped, the
+state saved for ``resume``), then raises ``SearchInterrupted``; a second Ctrl-C, or one before Tune
+runs, stops at once (``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import errno
 import json
 import logging
 import math
 import os
+import pickle
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +46,7 @@ from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
+from search.lock import LOCK_FILE, LockHeld, SearchLock
 from search.retention import KeepRestorable, drop_kept, restore_kept
 from search.tensorboard import TrialBoard
 from search.trainable import (
@@ -71,6 +83,14 @@ class SearchError(ValueError):
     """Bad input to a search command (a folder that holds no search, say); the message says why."""
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended a search after its trials were stopped and its state saved: ``resume`` goes on."""
+
+    def __init__(self, experiment: Path):
+        super().__init__(str(experiment))
+        self.experiment = experiment
+
+
 # ---- Optuna: pruned trials are PRUNED ---------------------------------------------------------------
 
 
@@ -96,6 +116,8 @@ class PruningOptunaSearch(OptunaSearch):
         self._repeated: set[str] = set()  # trials whose last result came a second time: they returned
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self._unknown(trial_id):
+            return
         step = result.get(TRAINING_ITERATION)
         if step is not None and self._reported.get(trial_id) == step:
             self._repeated.add(trial_id)  # Tune's repeat of the last result: the trainable returned
@@ -107,7 +129,9 @@ class PruningOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from optuna.trial import TrialState
 
-        if (error or not result or trial_id in self._completed_trials or trial_id not in self._ot_trials
+        if self._unknown(trial_id):
+            return
+        if (error or not result or trial_id in self._completed_trials
                 or isinstance(self.metric, list) or result.get(self.metric) is None):  # fmt: skip
             return super().on_trial_complete(trial_id, result=result, error=error)
         step = result.get(TRAINING_ITERATION, 0)
@@ -123,6 +147,21 @@ class PruningOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result=result, error=error)
         self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+    def _unknown(self, trial_id: str) -> bool:
+        """A trial Optuna never proposed, in this searcher's state. Tune saves the trials' state first
+        and the searcher's a moment later, so a search killed in between resumes a trial the saved
+        searcher has not heard of (Ray's ``OptunaSearch`` then fails with a KeyError). It runs on;
+        Optuna does not learn from it."""
+        if trial_id in self._ot_trials:
+            return False
+        ignored = self.__dict__.setdefault("_ignored", set())  # not in the state of searchers saved before
+        if trial_id not in ignored:
+            ignored.add(trial_id)
+            logging.getLogger(__name__).warning(
+                "trial %s is not in the Optuna study saved with the search (it was stopped between saving its "
+                "trials and its study); the trial runs, but Optuna does not learn from it", trial_id)  # fmt: skip
+        return True
 
     def study(self) -> Any:
         return self._ot_study
@@ -141,8 +180,8 @@ def load_searcher(experiment: str | Path) -> PruningOptunaSearch | None:
     searcher = PruningOptunaSearch()
     try:
         searcher.restore_from_dir(str(experiment))
-    except (RuntimeError, FileNotFoundError):
-        return None
+    except (RuntimeError, OSError, EOFError, ValueError, AttributeError, ImportError, pickle.UnpicklingError):
+        return None  # none saved yet, or a file cut short by a killed search: no Optuna states to show
     return searcher
 
 
@@ -239,8 +278,8 @@ def max_t(space: Any) -> int:
 
 
 def check_new(experiment: Path) -> None:
-    """A new search must not write into an earlier one's folder."""
-    if experiment.exists() and any(experiment.iterdir()):
+    """A new search must not write into an earlier one's folder (its own lock file aside)."""
+    if experiment.exists() and any(p.name != LOCK_FILE for p in experiment.iterdir()):
         raise SearchError(f"{experiment} already holds a search; continue it with 'mtbert-search resume {experiment}', "
                           "or choose another tune.name or tune.storage_path")  # fmt: skip
 
@@ -259,6 +298,47 @@ def free_name(space: Any) -> str | None:
     return f"{name}-{k}"
 
 
+def claim_folder(space: Any, command: str | None = None) -> SearchLock:
+    """The lock of a new folder for ``space``'s search: ``tune.name``, or the first free
+    ``<name>-<k>`` (``free_name``) when that holds a search or another new search is taking it;
+    ``space.tune.name`` is set to the folder's name. Two searches started at once with one name
+    each get a folder of their own: whichever takes a folder's lock first owns it."""
+    storage = Path(space.tune.storage_path)
+    while True:
+        name = free_name(space) or space.tune.name
+        folder = storage / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = SearchLock.acquire(folder, command)
+        except LockHeld:
+            continue  # another search holds it; its lock file makes free_name skip the folder now
+        except OSError as e:
+            raise SearchError(f"cannot write the search's folder {folder} (tune.storage_path "
+                              f"{str(storage)!r}): {e.strerror or e}") from None  # fmt: skip
+        try:
+            check_new(folder)  # a search that took the lock and wrote its files before we locked
+        except SearchError:
+            lock.release()
+            continue
+        space.tune = dataclasses.replace(space.tune, name=name)
+        return lock
+
+
+def lock_search(experiment: Path, command: str | None = None, read_only_ok: bool = False) -> Any:
+    """The lock of an existing search folder (a context manager that releases it), for a command
+    that writes into it; ``SearchError`` naming the holder when another command has it. With
+    ``read_only_ok``, for a command that only needs the search to stay as it is: a folder nobody
+    may write into needs no lock."""
+    try:
+        return SearchLock.acquire(experiment, command)
+    except LockHeld as e:
+        raise SearchError(str(e)) from None
+    except OSError as e:
+        if read_only_ok and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return contextlib.nullcontext()
+        raise SearchError(f"cannot write to {experiment}: {e.strerror or e}") from None
+
+
 def connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray; returns whether
     this process started Ray (and so shuts it down)."""
@@ -274,7 +354,10 @@ def connect(address: str | None) -> bool:
     env = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True, logging_config=quiet, runtime_env=env)
+        try:
+            ray.init(address=address, log_to_driver=True, logging_config=quiet, runtime_env=env)
+        except ConnectionError as e:
+            raise SearchError(f"--address {address}: no Ray cluster there ({str(e).splitlines()[0]})") from None
     else:  # "local": never attach to another user's cluster on this machine by accident
         # A local Ray serves this machine alone, so its servers listen on 127.0.0.1 only. Ray binds
         # all interfaces unless its node address is the loopback one, and Ray 2.60 swaps a loopback
@@ -312,15 +395,21 @@ def ray_session(address: str | None) -> Iterator[None]:
             _shutdown()
 
 
-def shared_data(setup: TrialSetup, log: Any = print) -> dict[str, Any]:
-    """Tokenise the data of every signature the space can produce, once, and put it in the object store."""
+def read_data(setup: TrialSetup, log: Any = print) -> dict[str, Any]:
+    """Read and tokenise the data of every signature the space can produce, once, before Ray starts
+    or anything is written: a data file that cannot be used is a ``DataError`` here, not in every trial."""
     signatures, complete = space_signatures(setup)
     data = prepare_shared(signatures.values())
     for row in sorted({str(r) for d in data.values() for r in d.malformed}):
         log(f"malformed row skipped: {row}")
     log(f"data: {len(data)} tokenised set(s) shared with the trials"
         + ("" if complete else "; trials whose data settings were not listed tokenise their own"))  # fmt: skip
-    return share(data)
+    return data
+
+
+def search_setup(space: Any) -> TrialSetup:
+    """What every trial of a new search shares: the space and its settings fixed for this search."""
+    return TrialSetup(space, fixed_settings(space))
 
 
 def build_trainable(setup: TrialSetup, refs: dict[str, Any], fn: Any = run_trial, **kwargs: Any) -> Any:
@@ -391,11 +480,94 @@ def build_tuner(space: Any, setup: TrialSetup, refs: dict[str, Any], callbacks: 
     )  # fmt: skip
 
 
-def run_search(space: Any, launch: Launch, space_text: str, *, address: str | None = None, log: Any = print) -> Path:
-    """Run a search to the end; returns its folder."""
+# Tune's own stop request: ``tune.run`` handles SIGUSR1 as it handles a first SIGINT (stop the trials,
+# save the state, return), and installs its SIGINT handler unless this variable is 1.
+_TUNE_SIGINT_VAR = "TUNE_DISABLE_SIGINT_HANDLER"
+# Tune's lines about a stop request; the command says what to do instead (``mtbert-search resume``).
+_TUNE_STOP_LINES = ("Stop signal received", "Experiment has been interrupted")
+
+
+class _DropStopLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TUNE_STOP_LINES)
+
+
+class CtrlC:
+    """What ``stop_on_sigint`` saw: ``requested`` (Ctrl-C was pressed), ``graceful`` (Tune was asked
+    to stop its trials and save the search's state)."""
+
+    def __init__(self) -> None:
+        self.requested = self.graceful = False
+
+    def check(self, experiment: Path) -> None:
+        """Raise what a Ctrl-C seen so far calls for. Python runs a signal handler wherever the main
+        thread is, and drops its exception in a few places (a fork's callbacks, which Ray's many
+        process starts run): the flag is what is certain."""
+        if self.graceful:
+            raise SearchInterrupted(experiment)
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_on_sigint(log: Any = print) -> Iterator[CtrlC]:
+    """For a search's session: the first Ctrl-C (SIGINT) during ``Tuner.fit()`` makes Tune stop
+    its trials, save the search's state and return (``graceful``); a second Ctrl-C, or one before
+    Tune runs, raises KeyboardInterrupt at once. Tune's own handler would do the first part too,
+    but leaves no way to tell that the run was interrupted rather than finished, and tells the user
+    to call ``Tuner.restore``. Call ``check`` after each step that could have swallowed the exception."""
+    seen = CtrlC()
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield seen
+        return
+    usr1_before = signal.getsignal(signal.SIGUSR1)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        first, seen.requested = not seen.requested, True
+        if not first or not callable(tune_stop) or tune_stop is usr1_before:
+            raise KeyboardInterrupt
+        seen.graceful = True
+        log("mtbert-search: Ctrl-C: stopping the trials and saving the search's state (Ctrl-C again to stop at "
+            "once; resume then goes on from the last state saved)")  # fmt: skip
+        tune_stop(signal.SIGUSR1, frame)
+
+    sigint_before = signal.signal(signal.SIGINT, on_sigint)
+    variable = os.environ.get(_TUNE_SIGINT_VAR)
+    os.environ[_TUNE_SIGINT_VAR] = "1"
+    tune_log, quiet = logging.getLogger("ray.tune.tune"), _DropStopLines()
+    tune_log.addFilter(quiet)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if sigint_before is None else sigint_before)
+        if usr1_before is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGUSR1, usr1_before)
+        if variable is None:
+            os.environ.pop(_TUNE_SIGINT_VAR, None)
+        else:
+            os.environ[_TUNE_SIGINT_VAR] = variable
+        tune_log.removeFilter(quiet)
+
+
+def fit(tuner: Any, ctrl_c: CtrlC, experiment: Path) -> None:
+    """``tuner.fit()`` unless Ctrl-C came first; ``SearchInterrupted`` when Ctrl-C stopped it."""
+    usr1 = signal.getsignal(signal.SIGUSR1)
+    ctrl_c.check(experiment)
+    try:
+        tuner.fit()
+    finally:  # Tune leaves its stop handler behind: a later Ctrl-C must not go to a run that has ended
+        if usr1 is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, usr1)
+    ctrl_c.check(experiment)
+
+
+def run_search(space: Any, launch: Launch, space_text: str, setup: TrialSetup, data: dict[str, Any], *,
+               address: str | None = None, log: Any = print) -> Path:  # fmt: skip
+    """Run a search to the end; returns its folder. ``setup`` and ``data`` come from ``search_setup``
+    and ``read_data``, before the caller took the folder's lock (``claim_folder``)."""
     experiment = experiment_dir(space)
     check_new(experiment)
-    setup = TrialSetup(space, fixed_settings(space))
     launch.fixed, launch.metric, launch.mode, launch.max_t = (
         setup.fixed,
         space.tune.metric,
@@ -403,24 +575,40 @@ def run_search(space: Any, launch: Launch, space_text: str, *, address: str | No
         max_t(space),
     )
     launch.save(experiment, space_text)
-    with ray_session(address):
-        build_tuner(space, setup, shared_data(setup, log)).fit()
-    drop_kept(experiment)
+    with stop_on_sigint(log) as ctrl_c:
+        with ray_session(address):
+            fit(build_tuner(space, setup, share(data)), ctrl_c, experiment)
+        ctrl_c.check(experiment)
+    drop_kept(experiment)  # only when it ended: an interrupted search's resume may need the kept copies
     return experiment
 
 
 def resume_search(experiment: Path, space: Any, launch: Launch, *, address: str | None = None,
                   log: Any = print) -> Path:  # fmt: skip
     """Continue an interrupted search: unfinished trials from their last checkpoints, errored ones
-    again from the start, the Optuna study where it was, then new trials up to ``num_samples``."""
+    again from the start, the Optuna study where it was, then new trials up to ``num_samples``. A
+    search stopped before Tune saved any state starts from the beginning, in the same folder. The
+    caller holds the folder's lock (``lock_search``)."""
     from ray import tune
 
     setup = TrialSetup(space, launch.fixed or fixed_settings(space))
-    with ray_session(address):
-        if not tune.Tuner.can_restore(str(experiment)):
-            raise SearchError(f"{experiment} holds no Ray Tune state to resume (was the search killed before "
-                              "its first trial started?)")  # fmt: skip
-        restore_tuner(experiment, build_trainable(setup, shared_data(setup, log)), log).fit()
+    saved = any(experiment.glob("experiment_state-*.json"))
+    if saved and not tune.Tuner.can_restore(str(experiment)):
+        raise SearchError(f"{experiment} holds Ray Tune's trial states but not its tuner.pkl; it cannot be resumed")
+    data = read_data(setup, log)  # a data file that moved or broke since: an error before Ray starts
+    with stop_on_sigint(log) as ctrl_c:
+        with ray_session(address):
+            refs = share(data)
+            if saved:
+                tuner = restore_tuner(experiment, build_trainable(setup, refs), log)
+            else:
+                log(f"{experiment}: the search was stopped before Tune saved its state; starting it from the "
+                    "beginning")  # fmt: skip
+                here = copy.copy(space)
+                here.tune = dataclasses.replace(space.tune, storage_path=str(experiment.parent), name=experiment.name)
+                tuner = build_tuner(here, setup, refs)
+            fit(tuner, ctrl_c, experiment)
+        ctrl_c.check(experiment)
     drop_kept(experiment)
     return experiment
 
@@ -574,8 +762,28 @@ def summarize(results: SearchResults, space: Any, *, final_eval: str | None = No
         summary["best"]["full_dev"] = full.get(best.trial_id)
         if final_eval == "all":
             summary["full_dev"] = full
-    (results.experiment / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    # written whole or not at all: a search killed here leaves no half a summary (resume writes it)
+    path = results.experiment / SUMMARY_FILE
+    partial = path.with_name(f".{SUMMARY_FILE}.partial")
+    partial.write_text(strict_json(summary, indent=2))
+    os.replace(partial, path)
     return summary
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity inside it replaced by None (JSON's null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON that every parser reads: NaN and infinities as null (Python's json writes ``NaN``)."""
+    return json.dumps(finite(value), allow_nan=False, default=str, **kwargs)
 
 
 def full_evaluation(checkpoint: Path, log: Any = print) -> dict[str, float]:
@@ -612,4 +820,8 @@ def saved_space(experiment: str | Path) -> tuple[Any, Launch]:
         raise SearchError(f"{experiment} is not a folder; give a search folder, <tune.storage_path>/<tune.name>")
     launch = Launch.read(experiment)
     space = load_space(experiment / SPACE_COPY, launch.overrides or None, profile=launch.profile, smoke=launch.smoke)
+    # the copy's name is not the search's: the search is where it is now
+    space.tune = dataclasses.replace(space.tune, storage_path=str(experiment.parent), name=experiment.name)
+    space.notes = [f"results: {experiment};{n.split(';', 1)[1]}" if n.startswith("results: ") and ";" in n else n
+                   for n in space.notes]  # fmt: skip
     return space, launch

@@ -104,7 +104,7 @@ def test_merged_round_trip(saved_merged):
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     want, got = predictions(model), predictions(loaded.eval())
-    for task in model.tasks:
+    for task in model.tasks:  # exact: a reloaded checkpoint promises its own predictions on one machine
         assert torch.equal(got[task].label, want[task].label), task
         assert (got[task].probs is None) == (want[task].probs is None)
         assert got[task].probs is None or torch.equal(got[task].probs, want[task].probs), task

@@ -87,17 +87,24 @@ def test_output_shapes_and_prediction_ranges(task, kind):
         for p in model.head_parameters(task):
             p.mul_(300.0)
     out = model(task, batch)
+    # predict() runs without autograd, which may take other kernels than the forward above (a
+    # saturated cosine then differs in the last bit on some processors). Its labels are compared
+    # with the output of a no-grad forward: the same kernels, so there they must agree exactly.
     pred = model.predict(task, batch)
+    with torch.no_grad():
+        same = model(task, batch)
     assert pred.label.shape == (B,)
     if task == "sst":
         assert out.logits.shape == (B, 5) and pred.probs.shape == (B, 5)
-        assert torch.allclose(pred.probs.sum(-1), torch.ones(B)) and torch.equal(pred.label, out.logits.argmax(-1))
+        assert torch.allclose(pred.probs.sum(-1), torch.ones(B)) and torch.equal(pred.label, same.logits.argmax(-1))
     elif task == "para":
         assert out.logits.shape == (B,) and ((pred.probs >= 0) & (pred.probs <= 1)).all()
-        assert torch.equal(pred.label, (out.logits > 0).long())
+        assert torch.equal(pred.label, (same.logits > 0).long())
     else:
-        assert out.score.shape == (B,) and torch.equal(pred.label, out.score)
+        assert out.score.shape == (B,) and torch.equal(pred.label, same.score)
         assert ((pred.label >= 0) & (pred.label <= 5)).all()
+        # With autograd the score agrees to rounding: 1e-5 is ~40 fp32 ulps at 5.0.
+        torch.testing.assert_close(pred.label, out.score.detach(), rtol=0, atol=1e-5)
     if "embeddings" in model.head(task).provides:
         assert out.u.shape == out.v.shape == (B, 16)
 
@@ -141,7 +148,9 @@ def test_pooling_reads_the_right_vectors():
     n = int(mask[row].sum())
     assert torch.equal(POOLING.get("cls")(out, mask), hidden[:, 0])
     assert torch.equal(POOLING.get("pooler")(out, mask), out.pooler_output)
-    assert torch.allclose(POOLING.get("mean")(out, mask)[row], hidden[row, :n].mean(0), atol=1e-6)
+    # Two summation orders over at most 16 tokens of |x| < 4: at most ~16 * 2**-24 * 4 = 4e-6 apart;
+    # counting the padding would move the mean by O(0.1).
+    torch.testing.assert_close(POOLING.get("mean")(out, mask)[row], hidden[row, :n].mean(0), rtol=0, atol=1e-5)
 
 
 def test_siamese_features_choose_the_interaction():

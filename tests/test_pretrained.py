@@ -14,7 +14,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY
+from conftest import TINY, other_kernels_env
 from mtbert import BertModel, EncoderLoadError, load_encoder
 from mtbert.bert import BertConfig
 
@@ -34,21 +34,99 @@ def minilm(minilm_dir):
     return encoder.eval(), tokenizer, hf.eval()
 
 
-@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
-def test_minilm_matches_transformers_on_real_sentences(minilm, grad):
-    encoder, tokenizer, hf = minilm
+# Our encoder against transformers.BertModel (SDPA) on MiniLM. The two run the same maths with
+# other kernels and summation orders, so they agree to rounding, not to the bit. Hidden states reach
+# |6| (an fp32 ulp of 4.8e-7 there); measured gaps are under 3e-6 (AVX2 and the default kernels)
+# and stayed under 1e-5 on AVX-512. ATOL = 1e-5 is about 20 ulps at the largest value, while a
+# perturbation of 1e-4 in one bias moves the outputs far past it (checked below, so the tolerance
+# stays able to fail). Padded positions are not compared: they carry no meaning, no head reads them,
+# and there the two implementations differ by up to 7e-5 on some processors.
+ATOL = 1e-5
+
+
+def assert_parity(got, want, mask: torch.Tensor) -> None:
+    keep = mask.bool()
+    torch.testing.assert_close(got.last_hidden_state[keep], want.last_hidden_state[keep], rtol=0, atol=ATOL)
+    torch.testing.assert_close(got.pooler_output, want.pooler_output, rtol=0, atol=ATOL)
+
+
+def batches(tokenizer) -> list[dict]:
     singles = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     pairs = tokenizer(SENTENCES[:-1], SENTENCES[1:], padding=True, return_tensors="pt")
     assert singles["attention_mask"].min() == 0 and pairs["token_type_ids"].max() == 1  # padding, segments
-    for batch in (singles, pairs):
+    return [singles, pairs]
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_minilm_matches_transformers_on_real_sentences(minilm, grad):
+    encoder, tokenizer, hf = minilm
+    for batch in batches(tokenizer):
         with torch.set_grad_enabled(grad):
             want = hf(**batch)
             got = encoder(**batch)
-        keep = batch["attention_mask"].bool()
-        torch.testing.assert_close(got.last_hidden_state[keep], want.last_hidden_state[keep], rtol=0, atol=1e-5)
-        torch.testing.assert_close(got.pooler_output, want.pooler_output, rtol=0, atol=1e-5)
-        # Padded positions carry no meaning but must still agree (their values reach ~10 in MiniLM).
-        torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, rtol=1e-5, atol=1e-5)
+        assert_parity(got, want, batch["attention_mask"])
+
+
+def test_padding_leaves_each_sentence_unchanged(minilm):
+    """What padding must not do: change a sentence's real tokens (a mask applied wrongly would)."""
+    encoder, tokenizer, _ = minilm
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        padded = encoder(**batch)
+        for i, sentence in enumerate(SENTENCES):
+            alone = encoder(**tokenizer([sentence], return_tensors="pt"))
+            n = alone.last_hidden_state.shape[1]
+            assert n < batch["input_ids"].shape[1] or i == 1  # all but the longest were padded
+            torch.testing.assert_close(padded.last_hidden_state[i, :n], alone.last_hidden_state[0], rtol=0, atol=ATOL)
+            torch.testing.assert_close(padded.pooler_output[i], alone.pooler_output[0], rtol=0, atol=ATOL)
+
+
+def test_parity_tolerance_catches_a_small_weight_error(minilm_dir):
+    encoder, tokenizer = load_encoder("all-MiniLM-L6-v2")
+    hf = transformers.BertModel.from_pretrained(str(minilm_dir), attn_implementation="sdpa").eval()
+    batch = batches(tokenizer)[0]
+    with torch.no_grad():
+        encoder.eval().encoder.layer[3].output.dense.bias[7] += 1e-4
+        got, want = encoder(**batch), hf(**batch)
+    with pytest.raises(AssertionError):
+        assert_parity(got, want, batch["attention_mask"])
+
+
+# The reference computed in a child process whose PyTorch is forced onto another CPU kernel set
+# (ATEN_CPU_CAPABILITY), so every run checks the tolerance across kernel sets, not only across the
+# two implementations on this processor's own kernels.
+REFERENCE = """
+import sys, torch, transformers
+from safetensors.torch import load_file, save_file
+model = transformers.BertModel.from_pretrained(sys.argv[1], attn_implementation="sdpa").eval()
+inputs = load_file(sys.argv[2])
+out = {"capability": torch.tensor([ord(c) for c in torch.backends.cpu.get_cpu_capability()])}
+with torch.no_grad():
+    for name in ("singles", "pairs"):
+        batch = {k.split("/")[1]: v for k, v in inputs.items() if k.startswith(name + "/")}
+        result = model(**batch)
+        out[name + "/hidden"], out[name + "/pooler"] = result.last_hidden_state, result.pooler_output
+save_file(out, sys.argv[3])
+"""
+
+
+def test_minilm_matches_transformers_on_another_kernel_set(minilm, minilm_dir, tmp_path):
+    encoder, tokenizer, _ = minilm
+    inputs = {f"{name}/{k}": v.contiguous() for name, batch in zip(("singles", "pairs"), batches(tokenizer))
+              for k, v in batch.items()}
+    save_file(inputs, str(tmp_path / "inputs.safetensors"))
+    own = torch.backends.cpu.get_cpu_capability()
+    subprocess.run([sys.executable, "-c", REFERENCE, str(minilm_dir), str(tmp_path / "inputs.safetensors"),
+                    str(tmp_path / "out.safetensors")], env=other_kernels_env(), check=True, timeout=300)
+    reference = load_file(str(tmp_path / "out.safetensors"))
+    other = "".join(map(chr, reference["capability"].tolist()))
+    assert other != own or own == "DEFAULT"  # the same set only on a processor with no vector set
+    for name, batch in zip(("singles", "pairs"), batches(tokenizer)):
+        with torch.no_grad():
+            got = encoder(**batch)
+        want = transformers.modeling_outputs.BaseModelOutputWithPooling(
+            last_hidden_state=reference[name + "/hidden"], pooler_output=reference[name + "/pooler"])
+        assert_parity(got, want, batch["attention_mask"])
 
 
 def test_minilm_shape_and_tokenizer(minilm, minilm_dir):

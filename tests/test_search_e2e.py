@@ -4,9 +4,6 @@ rows), then what it left behind: the summary, the Optuna study, TensorBoard file
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,62 +11,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-NUM_SAMPLES = 6
-MAX_T = 4  # 16 steps, an evaluation every 4
-
-SPACE = """\
-model: {{encoder: tiny}}
-data: {{dir: {data}, cache_dir: {cache}, max_train_per_task: 160, max_length: 64}}
-heads: {{sst: {{hidden: [16]}}, para: {{hidden: [16]}}, sts: {{hidden: [16]}}}}
-sampling: {{schedule: ratios, batch_size: 8}}
-train: {{max_steps: 16, eval_every: 4}}
-grad: {{diagnose_every: 4}}
-search:
-  optim.lr: {{loguniform: [1.0e-6, 1.0e-2]}}
-  optim.head_lr: {{loguniform: [1.0e-6, 1.0e-2]}}
-tune:
-  num_samples: {num_samples}
-  max_concurrent: 2
-  cpus_per_trial: 1
-  grace_period: 1
-  reduction_factor: 2
-  eval_subset: 48
-  final_eval: best
-  seed: 0
-  storage_path: {storage}
-  name: {name}
-"""
-
-
-def write_space(tmp: Path, data_dir: Path, token_cache: Path, name: str = "e2e", **values) -> Path:
-    path = tmp / f"{name}.yaml"
-    fields = {"num_samples": NUM_SAMPLES, **values}
-    path.write_text(SPACE.format(data=data_dir, cache=token_cache, storage=tmp / "results", name=name, **fields))
-    return path
-
-
-def cli(*args: str, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout, env=env, **kw)  # fmt: skip
+from conftest import MAX_T, NUM_SAMPLES, cli, trial_dirs, trial_rows, write_space  # noqa: F401 (used by other modules)
 
 
 @pytest.fixture(scope="module")
-def search_run(data_dir, token_cache, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("search")
-    space = write_space(tmp, data_dir, token_cache)
-    out = cli(str(space), "--json")
-    assert out.returncode == 0, out.stderr[-4000:]
-    return {"summary": json.loads(out.stdout), "stderr": out.stderr, "experiment": tmp / "results" / "e2e",
-            "tmp": tmp}  # fmt: skip
-
-
-def trial_rows(trial_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
-
-
-def trial_dirs(experiment: Path) -> list[Path]:
-    return sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("trial_"))
+def search_run(smoke_search):
+    return smoke_search
 
 
 @pytest.mark.slow
@@ -145,10 +92,10 @@ def test_tensorboard_has_every_trial_with_its_metrics_and_hparams(search_run):
 
 
 @pytest.mark.slow
-def test_status_formats(search_run):
+def test_status_formats(search_run, capsys):
     from search.cli import main
 
-    experiment = str(search_run["experiment"])
+    experiment = str(search_run["experiment"])  # the command once as a user runs it, then in-process
     out = cli("status", experiment, "--format", "csv")
     assert out.returncode == 0, out.stderr
     import io
@@ -161,10 +108,11 @@ def test_status_formats(search_run):
     assert set(df["optuna"]) <= {"COMPLETE", "PRUNED"} and "PRUNED" in set(df["optuna"])
     assert df.iloc[0]["trial_id"] == search_run["summary"]["best"]["trial_id"]
     assert main(["status", experiment, "--format", "markdown"]) == 0
-    md = cli("status", experiment, "--format", "markdown").stdout.splitlines()
+    md = capsys.readouterr().out.splitlines()
     assert md[0].startswith("| trial_id | status | optuna | iterations |") and md[1].startswith("|---|")
     assert len(md) == 2 + NUM_SAMPLES
-    text = cli("status", experiment).stdout
+    assert main(["status", experiment]) == 0
+    text = capsys.readouterr().out
     assert "trial_id" in text and len(text.splitlines()) == 1 + NUM_SAMPLES
 
 

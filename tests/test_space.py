@@ -300,7 +300,8 @@ def test_bad_set_overrides(tmp_path, monkeypatch, overrides, key, fragment):
 def test_missing_file_and_unknown_profile(tmp_path):
     with pytest.raises(SpaceError, match=r"nope\.yaml: file: does not exist"):
         load_space(tmp_path / "nope.yaml")
-    path = write(tmp_path, BASE + "tune: {profiles: {laptop: {num_samples: 2}}}\n")
+    dimension = "  optim.lr: {loguniform: [1.0e-5, 1.0e-4]}\n"  # several trials need something to vary
+    path = write(tmp_path, S + dimension + "tune: {profiles: {laptop: {num_samples: 2}}}\n")
     with pytest.raises(SpaceError) as info:
         load_space(path, profile="lapton")
     assert info.value.key == "tune.profiles"
