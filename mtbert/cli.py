@@ -19,6 +19,7 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,9 @@ def train_main(args: argparse.Namespace) -> int:
         config = load_config(args.config, parse_set(args.overrides))
         check_out_dir(config.train.out_dir)
         resolve_data_dir(config.data.dir)
-        from mtbert.trainer import open_run
+        from mtbert.trainer import open_run, resolve_device
+
+        resolve_device(config.train.device)
 
         run = open_run(config, args.resume)
     except (ConfigError, DataError, EncoderLoadError, CheckpointError) as e:
@@ -256,8 +259,10 @@ def check_out_dir(out_dir: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise ConfigError("train.out_dir", f"is {str(path)!r}, but {parent} is a file, so the folder cannot be made")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError("train.out_dir", f"is {str(path)!r}, but {parent} is not writable")
+    try:  # a real write, where the folder would be made: permission bits alone miss read-only mounts
+        tempfile.TemporaryDirectory(dir=parent).cleanup()
+    except OSError as e:
+        raise ConfigError("train.out_dir", f"is {str(path)!r}, but {parent} is not writable ({e.strerror or e})") from None
 
 
 def strict_json(value: Any) -> str:

@@ -150,13 +150,16 @@ def search_main(args: argparse.Namespace) -> int:
         text = Path(args.space).read_text()
     except (SpaceError, ConfigError, DataError) as e:
         return bad_input(e)
-    from search.tuner import Launch, SearchError, claim_folder, experiment_dir, read_data, search_setup
+    from search.tuner import (Launch, SearchError, check_address, check_local_gpus, claim_folder, experiment_dir,
+                              read_data, search_setup)  # fmt: skip
 
     out = sys.stderr if args.json else sys.stdout
-    try:  # the data too: a file that cannot be used is found before Ray starts or a folder is made
+    try:  # the data and the cluster too: found before Ray starts or a folder is made
+        check_address(args.address)
+        check_local_gpus(space, args.address)
         setup = search_setup(space)
         data = read_data(setup, log=lambda line: print(line, file=out, flush=True))
-    except (SpaceError, ConfigError, DataError) as e:
+    except (SpaceError, ConfigError, DataError, SearchError) as e:
         return bad_input(e)
     taken = experiment_dir(space)
     try:  # the folder is this search's alone from here on: a second search with this name gets its own
@@ -207,12 +210,14 @@ def report_main(args: argparse.Namespace) -> int:
 def resume_main(args: argparse.Namespace) -> int:
     from mtbert.data import DataError, resolve_data_dir
     from search.space import SpaceError
-    from search.tuner import SearchError, lock_search, resume_search, saved_space
+    from search.tuner import SearchError, check_address, check_local_gpus, lock_search, resume_search, saved_space
 
     experiment = Path(args.dir).expanduser().resolve()
     try:
         space, launch = saved_space(experiment)
         resolve_data_dir(space.base.data.dir)  # the data the trials read is still there
+        check_address(args.address)
+        check_local_gpus(space, args.address)
         lock = lock_search(experiment, resume_command(experiment))
     except (SearchError, SpaceError, DataError) as e:
         return bad_input(e)
@@ -371,7 +376,7 @@ def status_main(args: argparse.Namespace) -> int:
 def ensemble_main(args: argparse.Namespace) -> int:
     from mtbert.checkpoint import CheckpointError
     from search.ensemble import build, plan, print_report
-    from search.tuner import SearchError, lock_search, strict_json
+    from search.tuner import SearchError, check_address, lock_search, strict_json
 
     try:  # everything that can be wrong with the input is found before Ray starts or a file is written
         request = plan(args.dir, args.out, args.top_k, args.retrain_seeds, {"sst": args.sst, "para": args.para},
@@ -379,6 +384,8 @@ def ensemble_main(args: argparse.Namespace) -> int:
         # retraining is a Tune run like the search's: not while another command writes into the search
         command = (f"mtbert-search ensemble {shlex.quote(str(request.experiment))} --retrain-seeds "
                    f"{args.retrain_seeds} --out {shlex.quote(str(request.out))}")  # fmt: skip
+        if args.retrain_seeds:
+            check_address(args.address)
         lock = lock_search(request.experiment, command, read_only_ok=True) if args.retrain_seeds \
             else contextlib.nullcontext()  # fmt: skip
     except SearchError as e:

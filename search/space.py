@@ -169,6 +169,7 @@ def load_space(
     base = _settings_into_run(base, settings, path)
     max_evals, max_steps = check_dimensions(path, base, dims)
     settings = _finish_settings(settings, layers, max_evals, path, smoke)
+    _check_gpus(base, dims, settings, path)
     space = Space(path, base, dims, settings, name, smoke, max_evals=max_evals, max_steps=max_steps)
     space.notes = _notes(space, chosen_profile is not None, profile is not None, pinned)
     if one:
@@ -297,11 +298,28 @@ def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dic
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+def _check_gpus(base: Any, dims: list, settings: Any, path: Path) -> None:
+    """A trial told to train on a GPU gets none from Ray unless ``tune.gpus_per_trial`` asks for one:
+    found here, not in every trial after its retries."""
+    if settings.gpus_per_trial or any(getattr(d, "key", None) == "train.device" for d in dims):
+        return
+    if str(base.train.device).startswith("cuda"):
+        raise SpaceError(path, "tune.gpus_per_trial", f"is 0, but train.device is {base.train.device!r}: Ray gives a "
+                                                      "trial no GPU unless gpus_per_trial asks for one (1, or 0.5 for "
+                                                      "two trials a GPU); or set train.device: auto")  # fmt: skip
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpaceError(path, "file", "is a folder, not a space file" if path.is_dir() else "does not exist")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpaceError(path, "file", f"is not UTF-8 text ({e.reason} at byte {e.start}); a space file is YAML") from None
+    except OSError as e:
+        raise SpaceError(path, "file", f"cannot be read ({e.strerror or e})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -35,6 +35,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -337,6 +338,35 @@ def lock_search(experiment: Path, command: str | None = None, read_only_ok: bool
         if read_only_ok and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return contextlib.nullcontext()
         raise SearchError(f"cannot write to {experiment}: {e.strerror or e}") from None
+
+
+def check_address(address: str | None) -> None:
+    """A cluster address given as ``host:port`` (or ``ray://host:port``) must take a TCP connection
+    within 5 s: ``ray.init`` would otherwise retry for minutes. ``auto`` and no address pass."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local": Ray finds the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise SearchError(f"--address {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
+                          "'ray start --head' or 'ray up cluster.yaml', or leave --address out for a local Ray") from None
+
+
+def check_local_gpus(space: Any, address: str | None) -> None:
+    """A local Ray has only this machine's GPUs: trials that each ask for a GPU on a machine with none
+    would wait for one forever. (A cluster may add GPU nodes as trials wait: not checked there.)"""
+    if address or os.environ.get("RAY_ADDRESS") or not space.tune.gpus_per_trial:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SearchError(f"tune.gpus_per_trial is {space.tune.gpus_per_trial}, but this machine has no GPU that "
+                          "torch can use, so the trials would wait for one forever; set tune.gpus_per_trial: 0 "
+                          "(or --profile cpu), or give --address of a cluster with GPUs")  # fmt: skip
 
 
 def connect(address: str | None) -> bool:

@@ -264,6 +264,23 @@ def test_a_storage_path_that_cannot_be_a_folder_exits_2(data_dir, tmp_path, caps
     assert "tune.storage_path" in line and str(tmp_path / "file") in line, line
 
 
+def test_a_search_on_an_address_where_no_cluster_answers_exits_2_before_a_folder_is_made(data_dir, tmp_path,
+                                                                                        capsys):  # fmt: skip
+    from search.cli import main
+
+    with socket.socket() as probe:  # a loopback port just freed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    space = tmp_path / "s.yaml"
+    space.write_text(f"model: {{encoder: tiny}}\ndata: {{max_train_per_task: 16}}\n"
+                     f"tune: {{num_samples: 1, storage_path: {tmp_path / 'results'}}}\n")  # fmt: skip
+    started = time.monotonic()
+    assert main([str(space), "--address", closed]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"--address {closed}: no Ray cluster answers there" in line and time.monotonic() - started < 60, line
+    assert not (tmp_path / "results").exists()
+
+
 def test_user_errors_of_status_and_resume_exit_2_in_one_line(data_dir, tmp_path, monkeypatch, capsys):
     import ray
 
@@ -280,14 +297,30 @@ def test_user_errors_of_status_and_resume_exit_2_in_one_line(data_dir, tmp_path,
     assert not (folder / "search.lock").exists()
     monkeypatch.setenv("MTBERT_DATA", str(data_dir))
 
+    # An address where nothing listens (a loopback port just freed): refused at once, before the lock,
+    # where ray.init would retry for minutes.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    assert main(["resume", str(folder), "--address", closed]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"--address {closed}: no Ray cluster answers there" in line and time.monotonic() - started < 30, line
+    assert not (folder / "search.lock").exists()
+
+    # Something listens there, but it is no Ray cluster: ray.init's error, in one line.
     def no_cluster(*args, **kwargs):
         raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to")
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # whatever other tests left running
     monkeypatch.setattr(ray, "init", no_cluster)
-    assert main(["resume", str(folder), "--address", "10.0.0.9:6379"]) == 2
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        listening = f"127.0.0.1:{server.getsockname()[1]}"
+        assert main(["resume", str(folder), "--address", listening]) == 2
     line = one_line(capsys.readouterr().err)
-    assert "--address 10.0.0.9:6379: no Ray cluster there (Could not find any running Ray instance.)" in line, line
+    assert f"--address {listening}: no Ray cluster there (Could not find any running Ray instance.)" in line, line
     assert not (folder / "search.lock").exists()
 
 
@@ -517,3 +550,31 @@ def test_ctrl_c_before_tune_saved_anything_then_resume_runs_the_search(data_dir,
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert strict_json(resumed.stdout)["trials"] == 1
     assert [t.status for t in load_results(experiment).trials] == ["TERMINATED"]
+
+
+def test_a_space_file_that_is_not_utf8_exits_2_naming_it(tmp_path, capsys):
+    from search.cli import main
+
+    space = tmp_path / "binary.yaml"
+    space.write_bytes(b"model: {encoder: tiny}\n\xff\xfe")
+    assert main([str(space)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"{space}: file: is not UTF-8 text" in line, line
+
+
+def test_gpu_settings_that_no_trial_could_run_exit_2_before_ray_starts(data_dir, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from search.cli import main
+
+    space = tmp_path / "s.yaml"
+    space.write_text(f"model: {{encoder: tiny}}\ntrain: {{device: cuda}}\n"
+                     f"tune: {{num_samples: 1, storage_path: {tmp_path / 'results'}}}\n")  # fmt: skip
+    assert main([str(space)]) == 2  # a trial on cuda, but Ray would give it no GPU
+    line = one_line(capsys.readouterr().err)
+    assert "tune.gpus_per_trial: is 0, but train.device is 'cuda'" in line, line
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
+    assert main([str(space), "--set", "tune.gpus_per_trial=1"]) == 2  # each trial would wait for a GPU forever
+    line = one_line(capsys.readouterr().err)
+    assert "tune.gpus_per_trial is 1, but this machine has no GPU" in line, line
+    assert not (tmp_path / "results").exists()

@@ -397,3 +397,27 @@ def test_other_bad_input_exits_2_in_one_line(tmp_path, tokens, capsys, args, mes
     fill = {"cfg": str(cfg), "tmp": str(tmp_path), "bin": str(binary)}
     assert main([a.format(**fill) for a in args]) == 2
     assert message.format(**fill) in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("device,says", [
+    ("tpu", "train.device: is 'tpu', but must be auto, cpu, cuda or cuda:N"),
+    ("cuda:7", "train.device: is 'cuda:7', but this torch"),
+])  # fmt: skip
+def test_a_device_this_torch_cannot_use_exits_2_before_training(tmp_path, tokens, capsys, monkeypatch, device, says):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    config = config_file(tmp_path, tokens, course(tmp_path / "data"))
+    out = tmp_path / "out"
+    assert main([str(config), "--set", f"train.device={device}", "--set", f"train.out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not out.exists()
+
+
+def test_an_out_dir_that_cannot_be_made_exits_2_before_training(tmp_path, tokens, capsys):
+    config = config_file(tmp_path, tokens, course(tmp_path / "data"))
+    assert main([str(config), "--set", "train.out_dir=/proc/no-such-folder/run"]) == 2  # /proc takes no folder
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.out_dir: is '/proc/no-such-folder/run', but /proc is not writable" in err[0], err

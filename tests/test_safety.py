@@ -74,7 +74,7 @@ def test_connect_starts_local_ray_on_the_loopback_without_dashboard(fake_ray):
     assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR not in os.environ
 
 
-@pytest.mark.parametrize("address", [None, "10.0.0.1:6379"])
+@pytest.mark.parametrize("address", [None, "127.0.0.1:6379"])
 @pytest.mark.parametrize("mode", [None, "token"])
 def test_connect_never_switches_token_auth_off(fake_ray, monkeypatch, address, mode):
     from search.tuner import connect
