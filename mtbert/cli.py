@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import shlex
 import signal
 import sys
