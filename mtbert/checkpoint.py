@@ -278,16 +278,21 @@ def _check_heads(path: Path, config: RunConfig, encoder: Any) -> None:
         raise CheckpointError(f"{path} does not fit the heads in {CONFIG_FILE}; " + "; ".join(problems))
 
 
-def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
-    """Each tensor in a safetensors file as an empty meta tensor of its shape, from the header
-    alone; the header must parse and cover the whole file (a truncated file fails here)."""
-    from safetensors import safe_open
-
+def _check_safetensors_file(path: Path) -> None:
+    """Before a safetensors file is opened: it exists, and is no pickle (refused unread)."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     problem = _pickle_problem(path)
     if problem:
         raise CheckpointError(problem)
+
+
+def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """Each tensor in a safetensors file as an empty meta tensor of its shape, from the header
+    alone; the header must parse and cover the whole file (a truncated file fails here)."""
+    from safetensors import safe_open
+
+    _check_safetensors_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
@@ -350,11 +355,7 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    problem = _pickle_problem(path)
-    if problem:
-        raise CheckpointError(problem)
+    _check_safetensors_file(path)
     try:
         return load_file(str(path))
     except Exception as e:  # truncated, or not safetensors at all

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import shlex
 import signal
 import sys
@@ -178,6 +176,8 @@ def train_main(args: argparse.Namespace) -> int:
         "merged": merged_serving(run),
     }  # fmt: skip
     if args.json:
+        from mtbert.evaluate import strict_json
+
         print(strict_json(summary))
     else:
         print_table(summary, confusion)
@@ -262,22 +262,6 @@ def check_out_dir(out_dir: str) -> None:
         tempfile.TemporaryDirectory(dir=parent).cleanup()
     except OSError as e:
         raise ConfigError("train.out_dir", f"is {str(path)!r}, but {parent} is not writable ({e.strerror or e})") from None
-
-
-def strict_json(value: Any) -> str:
-    """JSON that any reader accepts: NaN and infinities (e.g. a Pearson r of constant predictions)
-    become null, since JSON has no such numbers."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(value), allow_nan=False)
 
 
 def merged_serving(run) -> dict | None:

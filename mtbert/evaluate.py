@@ -22,12 +22,13 @@ starter's spelling, ``Predicted_Similiary``).
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
@@ -276,3 +277,20 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty_like(x)
     ranks[order] = mean_rank[inverse]
     return ranks
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity inside it replaced by None (JSON's null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON that every parser reads: NaN and infinities (a Pearson r of constant predictions, say)
+    as null, where Python's json writes ``NaN``."""
+    return json.dumps(finite(value), allow_nan=False, default=str, **kwargs)

@@ -47,6 +47,7 @@ from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
+from mtbert.evaluate import strict_json
 from search.lock import LOCK_FILE, LockHeld, SearchLock
 from search.retention import KeepRestorable, drop_kept, restore_kept
 from search.tensorboard import TrialBoard
@@ -798,22 +799,6 @@ def summarize(results: SearchResults, space: Any, *, final_eval: str | None = No
     partial.write_text(strict_json(summary, indent=2))
     os.replace(partial, path)
     return summary
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every NaN and infinity inside it replaced by None (JSON's null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-def strict_json(value: Any, **kwargs: Any) -> str:
-    """JSON that every parser reads: NaN and infinities as null (Python's json writes ``NaN``)."""
-    return json.dumps(finite(value), allow_nan=False, default=str, **kwargs)
 
 
 def full_evaluation(checkpoint: Path, log: Any = print) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,14 @@ def trial_rows(trial_dir: Path) -> list[dict]:
 
 def trial_dirs(experiment: Path) -> list[Path]:
     return sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("trial_"))
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Any unpickling (pickle's or torch's) fails the test: what a user hands over is never unpickled."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load"), (torch.serialization, "load")):
+        monkeypatch.setattr(module, name, refuse)

@@ -199,15 +199,6 @@ class _Payload:
 
 
 @pytest.fixture
-def no_unpickling(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("something was unpickled")
-
-    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load"), (torch.serialization, "load")):
-        monkeypatch.setattr(module, name, refuse)
-
-
-@pytest.fixture
 def checkpoint(tmp_path):
     config = RunConfig().with_overrides({"model.encoder": "tiny", "heads.sst.hidden": [16]})
     encoder, tokenizer = load_encoder("tiny")
