@@ -33,7 +33,7 @@ SPACE = """\
 model: {{encoder: tiny}}
 data: {{dir: {data}, cache_dir: {cache}, max_train_per_task: 160, max_length: 64}}
 heads: {{sst: {{hidden: [16]}}, para: {{hidden: [16]}}, sts: {{hidden: [16]}}}}
-sampling: {{schedule: ratios, batch_size: 8}}
+sampling: {{schedule: ratios, batch_size: {batch}}}
 train: {{max_steps: {steps}, eval_every: 4}}
 search:
 {search}
@@ -54,7 +54,8 @@ tune:
 
 
 def write_space(tmp: Path, data_dir: Path, token_cache: Path, name: str, search: str, **values) -> Path:
-    fields = {"steps": 16, "num_samples": 4, "max_concurrent": 2, "gpus": 0, "grace": 1, "max_failures": 0, "seed": 0}
+    fields = {"steps": 16, "num_samples": 4, "max_concurrent": 2, "gpus": 0, "grace": 1, "max_failures": 0, "seed": 0,
+              "batch": 8}
     fields.update(values)
     path = tmp / f"{name}.yaml"
     path.write_text(SPACE.format(data=data_dir, cache=token_cache, storage=tmp / "results", name=name,
@@ -327,8 +328,10 @@ def test_a_lost_nodes_trials_go_on_from_their_checkpoints_on_another_node(cluste
     cluster.wait_for_nodes(timeout=120)
     dims = "  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}"
     # a lost node counts as a failure of each trial it ran (only an autoscaler's drain does not)
+    # Batches of 64 make each step slow enough that the chosen trial is still running when its node goes:
+    # with 8, a trial could finish its last evaluations before result.json showed them, and never restart.
     space = write_space(tmp_path, data_dir, token_cache, "lost", dims, steps=32, num_samples=3, grace=8,
-                        max_failures=2)  # fmt: skip
+                        max_failures=2, batch=64)  # fmt: skip
     experiment = tmp_path / "results" / "lost"
     search = Search(tmp_path, str(space), "--address", cluster.address, "--json")
     workers = {n.node_id: n for n in cluster.worker_nodes}
