@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from mtbert import DEFAULT_ENCODER, load_encoder
-from mtbert.pretrained import resolve_source
+from mtbert.model.pretrained import resolve_source
 
 
 def parse_args() -> argparse.Namespace:

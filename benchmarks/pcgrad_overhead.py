@@ -32,7 +32,7 @@ import time
 import torch
 
 from mtbert.config import RunConfig
-from mtbert.trainer import Trainer, start
+from mtbert.train.loop import Trainer, start
 
 METHODS = ("sum", "pcgrad")
 

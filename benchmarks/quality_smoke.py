@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from mtbert.config import load_config, parse_set
-from mtbert.data import read_task, resolve_data_dir
+from mtbert.data.course import read_task, resolve_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ run one after another, each with every core (``--cpus-per-trial``, default all).
   from entering the trainable function.
 
 Reference, in the same process and the same run: the same trials trained one after another with
-``mtbert.trainer.train`` and no Ray, which gives the overhead a plain loop already has (model
+``mtbert.train.loop.train`` and no Ray, which gives the overhead a plain loop already has (model
 building, the evaluation). Steps inside Ray can run slower than in the plain loop (Ray's own
 processes share the cores), which ``overhead_frac`` counts as training; ``overhead_vs_reference_frac``
 = (wall of ``Tuner.fit`` - the reference's training time) / wall of ``Tuner.fit`` counts it as
@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# The trials get this through Ray (search.tuner.connect); the reference loop here gets the same.
+# The trials get this through Ray (search.engine.tuner.connect); the reference loop here gets the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
@@ -85,7 +85,7 @@ def machine(cpus: int) -> str:
 
 
 def write_space(args: argparse.Namespace, folder: Path, steps: int) -> Path:
-    from mtbert.data import resolve_data_dir
+    from mtbert.data.course import resolve_data_dir
 
     path = folder / "overhead.yaml"
     path.write_text(SPACE.format(
@@ -97,8 +97,8 @@ def write_space(args: argparse.Namespace, folder: Path, steps: int) -> Path:
 
 def calibrate(space, data: dict, seconds: float) -> tuple[int, float]:
     """Steps that take ``seconds`` on this machine: time a few steps of the trainer."""
-    from mtbert.trainer import start
-    from search.trainable import data_signature
+    from mtbert.train.loop import start
+    from search.engine.trainable import data_signature
 
     config = space.base.with_overrides({"train.max_steps": 100_000, "train.eval_every": 100_000})
     trainer = start(config, data=data.get(data_signature(space.base)))
@@ -113,11 +113,11 @@ def calibrate(space, data: dict, seconds: float) -> tuple[int, float]:
 
 
 def reference(setup, data: dict, trials: int) -> dict:
-    """The same trials with mtbert.trainer.train in this process, one after another, no Ray."""
+    """The same trials with mtbert.train.loop.train in this process, one after another, no Ray."""
     import optuna
 
-    from mtbert.trainer import train
-    from search.trainable import StepClock, data_signature
+    from mtbert.train.loop import train
+    from search.engine.trainable import StepClock, data_signature
 
     sampler = optuna.samplers.TPESampler(seed=setup.space.tune.seed)
     study = optuna.create_study(sampler=sampler, direction="maximize")
@@ -141,9 +141,9 @@ def main() -> None:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.cpus_per_trial)
-    from search.space import load_space
-    from search.trainable import TrialSetup, fixed_settings, prepare_shared, share, space_signatures
-    from search.tuner import Launch, TrialStarts, build_tuner, connect, experiment_dir, load_results, max_t
+    from search.space.file import load_space
+    from search.engine.trainable import TrialSetup, fixed_settings, prepare_shared, share, space_signatures
+    from search.engine.tuner import Launch, TrialStarts, build_tuner, connect, experiment_dir, load_results, max_t
 
     folder = Path(tempfile.mkdtemp(prefix="search-overhead-"))
     probe = load_space(write_space(args, folder, 10), profile="cpu")

@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 
 from mtbert.config import RunConfig
-from mtbert.data import read_task, resolve_data_dir
-from mtbert.trainer import DATA_TASK, Trainer, build_run, loss_spec, prepare_data
+from mtbert.data.course import read_task, resolve_data_dir
+from mtbert.train.loop import DATA_TASK, Trainer, build_run, loss_spec, prepare_data
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,8 +66,8 @@ def reference_step(config: RunConfig) -> Callable[[], int]:
     """The starter's way: HF BertModel, tokenise per batch, pad per batch, random batches."""
     import transformers
 
-    from mtbert.losses import build_loss
-    from mtbert.pretrained import resolve_source
+    from mtbert.train.losses import build_loss
+    from mtbert.model.pretrained import resolve_source
 
     model, tokenizer = build_run(config)  # the same heads, freshly initialised from the same seed
     model.encoder = transformers.BertModel.from_pretrained(

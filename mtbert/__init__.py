@@ -6,10 +6,10 @@ A plain PyTorch library: importing it loads neither Ray nor transformers.
     result = train(load_config("configs/example.yaml"), on_eval=lambda step, metrics, save: ...)
 """
 
-from mtbert.bert import BertConfig, BertModel, EncoderOutput, mean_pool
+from mtbert.model.bert import BertConfig, BertModel, EncoderOutput, mean_pool
 from mtbert.config import ConfigError, RunConfig, load_config
-from mtbert.pretrained import DEFAULT_ENCODER, EncoderLoadError, load_encoder
-from mtbert.trainer import TrainingInterrupted, TrainResult, train
+from mtbert.model.pretrained import DEFAULT_ENCODER, EncoderLoadError, load_encoder
+from mtbert.train.loop import TrainingInterrupted, TrainResult, train
 
 __all__ = [
     "DEFAULT_ENCODER",

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def data_main(argv: list[str]) -> int:
-    from mtbert.data import REQUIRED_FILES, TASK_FILES, DataError, fetch_course_data, read_task, resolve_data_dir
+    from mtbert.data.course import REQUIRED_FILES, TASK_FILES, DataError, fetch_course_data, read_task, resolve_data_dir
 
     args = data_parser().parse_args(argv)
     try:
@@ -103,16 +103,16 @@ def data_main(argv: list[str]) -> int:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from mtbert.checkpoint import CheckpointError
+    from mtbert.train.checkpoint import CheckpointError
     from mtbert.config import ConfigError, load_config, parse_set
-    from mtbert.data import DataError, resolve_data_dir
-    from mtbert.pretrained import DEFAULT_ENCODER, EncoderLoadError
+    from mtbert.data.course import DataError, resolve_data_dir
+    from mtbert.model.pretrained import DEFAULT_ENCODER, EncoderLoadError
 
     try:  # everything that can be wrong with the input is found before training starts
         config = load_config(args.config, parse_set(args.overrides))
         check_out_dir(config.train.out_dir)
         resolve_data_dir(config.data.dir)
-        from mtbert.trainer import open_run, resolve_device
+        from mtbert.train.loop import open_run, resolve_device
 
         resolve_device(config.train.device)
 
@@ -120,7 +120,7 @@ def train_main(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, EncoderLoadError, CheckpointError) as e:
         print(f"mtbert-train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from mtbert.trainer import TrainingInterrupted
+    from mtbert.train.loop import TrainingInterrupted
 
     tokenizer, data = run.tokenizer, run.data
     for row in data.malformed:
@@ -216,7 +216,7 @@ class StopOnInterrupt:
 def kept_checkpoint(args: argparse.Namespace, out_dir: Path, started: float) -> Path | None:
     """The checkpoint an interrupted run goes on from: ``<out_dir>/last`` if this run saved it, else
     the one it was resumed from; None if neither (an older run's ``last`` is not this run's)."""
-    from mtbert.checkpoint import METRICS_FILE
+    from mtbert.train.checkpoint import METRICS_FILE
 
     last = out_dir / "last"
     try:
@@ -267,7 +267,7 @@ def check_out_dir(out_dir: str) -> None:
 def merged_serving(run) -> dict | None:
     """After a specialist phase: the merged model's compute against running one model per task,
     for the SST dev sentences at their own lengths (paper 004)."""
-    from mtbert.merge import TaskEncoders, compute_report
+    from mtbert.model.merge import TaskEncoders, compute_report
 
     if not isinstance(run.model.encoder, TaskEncoders):
         return None
@@ -285,11 +285,11 @@ def grad_figures(history: list[dict]) -> dict[str, float]:
 def final_evaluation(checkpoint: Path, config, tokenizer, device) -> tuple[dict, list[list[int]], Path]:
     """The best checkpoint on the full dev sets (metrics, SST confusion) and its dev and test
     predictions in the course's submission format, under ``<checkpoint>/predictions``."""
-    from mtbert.checkpoint import load_checkpoint
-    from mtbert.data import DataError, resolve_data_dir
+    from mtbert.train.checkpoint import load_checkpoint
+    from mtbert.data.course import DataError, resolve_data_dir
     from mtbert.evaluate import Scores, confusion_matrix, prediction_filename
     from mtbert.evaluate import write_predictions as write_file
-    from mtbert.trainer import TASKS, load_split, predict
+    from mtbert.train.loop import TASKS, load_split, predict
 
     model, _, _, _ = load_checkpoint(checkpoint, device)
     out = checkpoint / "predictions"

@@ -12,7 +12,7 @@ folder that another command is writing into), 1 failure, 130 interrupted (Ctrl-C
 The commands that write into a search folder (a search, ``resume``, ``ensemble --retrain-seeds``)
 hold its lock (``search.lock``) while they run; ``status``, ``export`` and ``report`` only read.
 Every ``--json`` output is strict JSON (NaN and infinities as null).
-The Ray-facing work is in ``search.tuner``, ``search.trainable`` and ``search.ensemble``; this
+The Ray-facing work is in ``search.engine.tuner``, ``search.engine.trainable`` and ``search.ensemble``; this
 module parses and prints.
 """
 
@@ -139,8 +139,8 @@ def bad_input(error: Exception) -> int:
 
 def search_main(args: argparse.Namespace) -> int:
     from mtbert.config import ConfigError, parse_set
-    from mtbert.data import DataError, resolve_data_dir
-    from search.space import SpaceError, load_space
+    from mtbert.data.course import DataError, resolve_data_dir
+    from search.space.file import SpaceError, load_space
 
     # Everything that can be wrong with the input is found here, before Ray starts or a folder is made.
     try:
@@ -150,7 +150,7 @@ def search_main(args: argparse.Namespace) -> int:
         text = Path(args.space).read_text()
     except (SpaceError, ConfigError, DataError) as e:
         return bad_input(e)
-    from search.tuner import (Launch, SearchError, check_address, check_local_gpus, claim_folder, experiment_dir,
+    from search.engine.tuner import (Launch, SearchError, check_address, check_local_gpus, claim_folder, experiment_dir,
                               read_data, search_setup)  # fmt: skip
 
     out = sys.stderr if args.json else sys.stdout
@@ -179,7 +179,7 @@ def search_main(args: argparse.Namespace) -> int:
         for note in space.notes:
             print(note, file=out)
         launch = Launch(args.space, dict(overrides), space.profile, args.smoke)  # resume loads the space the same way
-        from search.tuner import run_search
+        from search.engine.tuner import run_search
 
         run = functools.partial(run_search, space, launch, text, setup, data, address=args.address)
         return run_and_report(run, space, args.json, experiment_dir(space))
@@ -197,7 +197,7 @@ def resume_command(experiment: Path) -> str:
 
 def report_main(args: argparse.Namespace) -> int:
     from search.report import write_report
-    from search.tuner import SearchError
+    from search.engine.tuner import SearchError
 
     try:
         page = write_report(args.dir, args.out, log=lambda line: print(line, file=sys.stderr))
@@ -208,9 +208,9 @@ def report_main(args: argparse.Namespace) -> int:
 
 
 def resume_main(args: argparse.Namespace) -> int:
-    from mtbert.data import DataError, resolve_data_dir
-    from search.space import SpaceError
-    from search.tuner import SearchError, check_address, check_local_gpus, lock_search, resume_search, saved_space
+    from mtbert.data.course import DataError, resolve_data_dir
+    from search.space.file import SpaceError
+    from search.engine.tuner import SearchError, check_address, check_local_gpus, lock_search, resume_search, saved_space
 
     experiment = Path(args.dir).expanduser().resolve()
     try:
@@ -231,8 +231,8 @@ def resume_main(args: argparse.Namespace) -> int:
 def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int:
     """Run the search (``run(log=...)``; its progress on stdout, or stderr with --json), then print
     the best trial; after Ctrl-C, how far it got and how to go on (exit 130)."""
-    from mtbert.data import DataError
-    from search.tuner import SearchError, SearchInterrupted, load_results, strict_json, summarize
+    from mtbert.data.course import DataError
+    from search.engine.tuner import SearchError, SearchInterrupted, load_results, strict_json, summarize
 
     out = sys.stderr if as_json else sys.stdout
 
@@ -264,7 +264,7 @@ def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int
 def report_interrupted(space: Any, as_json: bool, experiment: Path, saved: bool) -> int:
     """What an interrupted search did: its trials by state, the best so far labelled provisional
     (no summary.json: that is written when a search ends), and the command that continues it."""
-    from search.tuner import SearchError, load_results, strict_json
+    from search.engine.tuner import SearchError, load_results, strict_json
 
     try:
         results = load_results(experiment)
@@ -304,7 +304,7 @@ def report_interrupted(space: Any, as_json: bool, experiment: Path, saved: bool)
 
 def note_quora(space: Any, best: dict[str, Any]) -> None:
     from mtbert.cli import QUORA_NOTE
-    from mtbert.pretrained import DEFAULT_ENCODER
+    from mtbert.model.pretrained import DEFAULT_ENCODER
 
     encoder = best["params"].get("model.encoder", space.base.model.encoder)
     if encoder == DEFAULT_ENCODER:
@@ -344,7 +344,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def export_main(args: argparse.Namespace) -> int:
     from search.export import export
-    from search.tuner import SearchError
+    from search.engine.tuner import SearchError
 
     try:
         space = _space_or_none(args.dir)
@@ -360,7 +360,7 @@ def export_main(args: argparse.Namespace) -> int:
 
 def status_main(args: argparse.Namespace) -> int:
     from search.status import render, table
-    from search.tuner import SearchError, load_results
+    from search.engine.tuner import SearchError, load_results
 
     try:
         space = _space_or_none(args.dir)
@@ -374,9 +374,9 @@ def status_main(args: argparse.Namespace) -> int:
 
 
 def ensemble_main(args: argparse.Namespace) -> int:
-    from mtbert.checkpoint import CheckpointError
+    from mtbert.train.checkpoint import CheckpointError
     from search.ensemble import build, plan, print_report
-    from search.tuner import SearchError, check_address, lock_search, strict_json
+    from search.engine.tuner import SearchError, check_address, lock_search, strict_json
 
     try:  # everything that can be wrong with the input is found before Ray starts or a file is written
         request = plan(args.dir, args.out, args.top_k, args.retrain_seeds, {"sst": args.sst, "para": args.para},
@@ -417,8 +417,8 @@ def ensemble_main(args: argparse.Namespace) -> int:
 
 def _space_or_none(directory: str) -> Any:
     """The search's space, to show sampled settings with their real values; None if it no longer loads."""
-    from search.space import SpaceError
-    from search.tuner import saved_space
+    from search.space.file import SpaceError
+    from search.engine.tuner import saved_space
 
     try:
         return saved_space(directory)[0]

@@ -12,7 +12,7 @@
 Members are the top K trials by the search metric, each its best checkpoint (named by its trial
 id). With ``--retrain-seeds S`` each of their configs is also trained again to its full budget
 (trials ASHA stopped never reached it) with S new seeds (``<trial id>-seed<n>``): one Ray Tune
-trial per (trial, seed), through ``search.trainable.run_trial`` with the search's resources and
+trial per (trial, seed), through ``search.engine.trainable.run_trial`` with the search's resources and
 concurrency, each member its best checkpoint by the search metric. The originals stay candidates.
 
 Every member predicts the full dev sets and the test sets; ``mtbert.ensemble.greedy_select`` then
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from search.export import check_out_folder
-from search.tuner import SearchError, TrialRecord, load_results
+from search.engine.tuner import SearchError, TrialRecord, load_results
 
 REPORT_FILE = "report.json"
 MEMBERS_DIR = "members"
@@ -132,10 +132,10 @@ def plan(experiment: str | Path, out: str | Path, top_k: int = 3, seeds: int = 0
 def _check_members(p: Plan) -> None:
     """Each member's checkpoint as loading checks it (no tensor read), and the data it predicts;
     with retraining, the search's saved space that the retrained runs start from."""
-    from mtbert.checkpoint import CheckpointError, check_checkpoint
-    from mtbert.data import DataError, resolve_data_dir
-    from search.space import SpaceError
-    from search.tuner import saved_space
+    from mtbert.train.checkpoint import CheckpointError, check_checkpoint
+    from mtbert.data.course import DataError, resolve_data_dir
+    from search.space.file import SpaceError
+    from search.engine.tuner import saved_space
 
     configs = {}
     for t in p.trials:
@@ -186,7 +186,7 @@ def members_of(p: Plan) -> list[Member]:
 
 
 def _trial_seed(trial: TrialRecord) -> int:
-    from mtbert.checkpoint import CONFIG_FILE
+    from mtbert.train.checkpoint import CONFIG_FILE
     from mtbert.config import load_config
 
     return load_config(trial.checkpoint / CONFIG_FILE).train.seed
@@ -241,7 +241,7 @@ def retrain_trial(config: dict[str, Any], *, setup: Any, params: dict[str, dict]
                   data: dict | None = None) -> None:  # fmt: skip
     """One (trial, seed) of the grid: the trial's sampled settings, ``train.seed`` its own seed
     plus the grid's ``seed_offset``."""
-    from search.trainable import TrialSetup, run_trial
+    from search.engine.trainable import TrialSetup, run_trial
 
     trial = config["search_trial"]
     seeded = TrialSetup(setup.space, {**setup.fixed, "train.seed": seeds[trial] + config["seed_offset"]})
@@ -254,9 +254,9 @@ def retrain(p: Plan, *, address: str | None = None,
     interrupted one); returns ``{member name: (best checkpoint, its score)}`` and ``{member name: error}``."""
     from ray import tune
 
-    from search.retention import drop_kept
-    from search.trainable import TrialSetup, fixed_settings, prepare_shared, share
-    from search.tuner import build_trainable, ray_session, restore_tuner, run_config, saved_space, trial_dirname
+    from search.engine.retention import drop_kept
+    from search.engine.trainable import TrialSetup, fixed_settings, prepare_shared, share
+    from search.engine.tuner import build_trainable, ray_session, restore_tuner, run_config, saved_space, trial_dirname
 
     space, launch = saved_space(p.experiment)
     setup = TrialSetup(space, launch.fixed or fixed_settings(space))
@@ -306,9 +306,9 @@ def retrain(p: Plan, *, address: str | None = None,
 def predict_member(member: Member, experiment: Path, folder: Path) -> Outputs:
     """A member's outputs on the full dev and test sets, written to ``folder`` (atomically: a
     temporary sibling, then a rename) and returned."""
-    from mtbert.checkpoint import load_checkpoint
-    from mtbert.data import DataError, resolve_data_dir
-    from mtbert.trainer import TASKS, load_split, predict_outputs, resolve_device
+    from mtbert.train.checkpoint import load_checkpoint
+    from mtbert.data.course import DataError, resolve_data_dir
+    from mtbert.train.loop import TASKS, load_split, predict_outputs, resolve_device
 
     model, tokenizer, config, _ = load_checkpoint(member.checkpoint)
     device = resolve_device(config.train.device)
@@ -387,8 +387,8 @@ def combine_members(p: Plan, members: list[Member], outputs: list[Outputs]) -> d
     from mtbert.cli import QUORA_NOTE
     from mtbert.ensemble import combine, greedy_select, labels
     from mtbert.evaluate import Scores, write_submission
-    from mtbert.pretrained import DEFAULT_ENCODER
-    from mtbert.trainer import TASKS
+    from mtbert.model.pretrained import DEFAULT_ENCODER
+    from mtbert.train.loop import TASKS
 
     if not members:
         raise RuntimeError("no member has outputs to combine (every retraining failed, and no checkpoint was given)")

@@ -11,9 +11,9 @@
 
 Trials are ranked by their best result on the search metric; each exports the checkpoint of that
 result. The resumable ``state/`` (optimizer, RNG) stays behind: an export is for use, and
-``mtbert.checkpoint.load_checkpoint`` reads it (safetensors and JSON only).
+``mtbert.train.checkpoint.load_checkpoint`` reads it (safetensors and JSON only).
 
-Every checkpoint is checked as loading checks it (``mtbert.checkpoint.check_checkpoint``: headers
+Every checkpoint is checked as loading checks it (``mtbert.train.checkpoint.check_checkpoint``: headers
 and text files, no tensor read) before anything is written, so a bad one stops the export with
 nothing written. Each rank is copied into a temporary folder beside OUT and renamed into place, so
 OUT never holds part of a rank; if a copy fails, the ranks this export wrote are removed again.
@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from search.tuner import (
+from search.engine.tuner import (
     SCORE_KEYS,
     TRAINING_ITERATION,
     SearchError,
@@ -88,7 +88,7 @@ def check_out_folder(out: Path, holds: str) -> None:
 
 def checked_metrics(trial: TrialRecord) -> dict[str, Any]:
     """The trial's checkpoint checked as ``load_checkpoint`` checks it; its metrics."""
-    from mtbert.checkpoint import CheckpointError, check_checkpoint
+    from mtbert.train.checkpoint import CheckpointError, check_checkpoint
 
     try:
         return check_checkpoint(trial.checkpoint).metrics

@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 if TYPE_CHECKING:
-    from search.tuner import SearchResults, TrialRecord
+    from search.engine.tuner import SearchResults, TrialRecord
 
 ITERATION = "training_iteration"
 TASK_SCORES = ("sst_acc", "para_acc", "sts_pearson")

@@ -7,7 +7,7 @@
     OUT/dimensions.png        the main dimensions against each trial's best metric
     OUT/gradient_conflict.png grad_cos_<a>_<b> and grad_conflict_frac (when the trials report them)
 
-It reads what ``status`` reads (``search.tuner.load_results``, the saved space and Optuna study)
+It reads what ``status`` reads (``search.engine.tuner.load_results``, the saved space and Optuna study)
 plus each trial's ``result.json``, and works on a running or interrupted search: whatever is
 missing (a trial with no results yet, the Optuna study, the summary) is said on the page instead.
 The figures are drawn by ``search.plots``.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from search.export import check_out_folder
-from search.tuner import SEARCH_FILE, SUMMARY_FILE, Launch, SearchError, SearchResults, decoded
+from search.engine.tuner import SEARCH_FILE, SUMMARY_FILE, Launch, SearchError, SearchResults, decoded
 
 INDEX = "index.html"
 # Every figure the report can hold, in page order: file stem and section title.
@@ -51,7 +51,7 @@ class Search:
     launch: Launch
     results: SearchResults
     histories: dict[str, list[dict]]  # trial id -> its evaluations, in order
-    space: Any = None  # search.space.Space, None if the saved space no longer loads
+    space: Any = None  # search.space.file.Space, None if the saved space no longer loads
     study: Any = None  # the Optuna study, None before the searcher's state is first saved
     summary: dict | None = None
     missing: list[str] = field(default_factory=list)
@@ -111,8 +111,8 @@ def check_paths(experiment: str | Path, out: str | Path) -> tuple[Path, Path]:
 
 
 def read_search(experiment: Path) -> Search:
-    from search.space import SpaceError
-    from search.tuner import load_results, load_searcher, saved_space
+    from search.space.file import SpaceError
+    from search.engine.tuner import load_results, load_searcher, saved_space
 
     launch = Launch.read(experiment)
     missing = []
@@ -319,7 +319,7 @@ def search_time(search: Search) -> str:
 def quora_note(search: Search) -> str | None:
     """mtbert's notice about the default encoder, when some trial used it."""
     from mtbert.cli import QUORA_NOTE
-    from mtbert.pretrained import DEFAULT_ENCODER
+    from mtbert.model.pretrained import DEFAULT_ENCODER
 
     base = search.space.base.model.encoder if search.space is not None else None
     encoders = {decoded_params(search, t.params).get("model.encoder", base) for t in search.results.trials} | {base}

@@ -10,7 +10,7 @@ import transformers
 
 from conftest import TINY, padded_batch
 from mtbert import BertConfig, BertModel, mean_pool
-from mtbert.bert import Dropout, cpu_keep_mask
+from mtbert.model.bert import Dropout, cpu_keep_mask
 
 
 def hf_twin(config: BertConfig, seed: int = 0) -> tuple[transformers.BertModel, BertModel]:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import padded_batch
 
-from mtbert.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
+from mtbert.train.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
 from mtbert.config import RunConfig
-from mtbert.model import build_model
-from mtbert.pretrained import load_encoder
+from mtbert.model.multitask import build_model
+from mtbert.model.pretrained import load_encoder
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_heads_that_do_not_fit_the_config(saved):
 
 @pytest.fixture
 def saved_merged(tmp_path):
-    from mtbert.merge import to_specialists
+    from mtbert.model.merge import to_specialists
 
     config = RunConfig().with_overrides({"model.encoder": "tiny", "heads.sst.hidden": [16]})
     encoder, tokenizer = load_encoder("tiny")
@@ -91,7 +91,7 @@ def predictions(model) -> dict:
 
 
 def test_merged_round_trip(saved_merged):
-    from mtbert.merge import TaskEncoders
+    from mtbert.model.merge import TaskEncoders
 
     path, model = saved_merged
     assert not (path / "encoder").exists()

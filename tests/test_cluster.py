@@ -159,7 +159,7 @@ def kinds(results) -> dict[str, list]:
 
 @pytest.mark.slow
 def test_trials_spread_over_the_nodes_into_one_storage_path(faults, cluster):
-    from search.tuner import load_results
+    from search.engine.tuner import load_results
 
     experiment = faults["experiment"]
     results = load_results(experiment)
@@ -180,7 +180,7 @@ def test_trials_spread_over_the_nodes_into_one_storage_path(faults, cluster):
 
 @pytest.mark.slow
 def test_a_trial_that_raises_is_retried_then_reported_with_its_error(faults):
-    from search.tuner import load_results, load_searcher
+    from search.engine.tuner import load_results, load_searcher
 
     results = load_results(faults["experiment"])
     by_kind = kinds(results)
@@ -200,7 +200,7 @@ def test_a_trial_that_raises_is_retried_then_reported_with_its_error(faults):
 
 @pytest.mark.slow
 def test_a_non_finite_loss_ends_its_trial_with_the_reason(faults):
-    from search.tuner import load_results, load_searcher
+    from search.engine.tuner import load_results, load_searcher
 
     results = load_results(faults["experiment"])
     (nan,) = kinds(results)["nan"]
@@ -235,7 +235,7 @@ def test_a_non_finite_loss_ends_its_trial_with_the_reason(faults):
 
 @pytest.mark.slow
 def test_resume_on_the_cluster_after_the_driver_is_killed(cluster, data_dir, token_cache, tmp_path):
-    from search.tuner import load_results, load_searcher
+    from search.engine.tuner import load_results, load_searcher
 
     search = "  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}"
     space = write_space(tmp_path, data_dir, token_cache, "driver", search, steps=32, num_samples=4, grace=4)
@@ -275,7 +275,7 @@ def run_watching(logs: Path, node_id: str, cluster, *args: str) -> tuple[subproc
 
 @pytest.mark.slow
 def test_fractional_gpus_pack_trials_on_one_gpu(cluster, data_dir, token_cache, tmp_path):
-    from search.tuner import load_results
+    from search.engine.tuner import load_results
 
     # the only node with a GPU: two CPUs, so the GPU share alone decides how many trials it runs
     gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
@@ -321,7 +321,7 @@ def test_fractional_gpus_pack_trials_on_one_gpu(cluster, data_dir, token_cache, 
 
 @pytest.mark.slow
 def test_a_lost_nodes_trials_go_on_from_their_checkpoints_on_another_node(cluster, data_dir, token_cache, tmp_path):
-    from search.tuner import load_results
+    from search.engine.tuner import load_results
 
     # a third worker: two trials at a time, so one node is free to take over a lost node's trial
     cluster.add_node(num_cpus=1)
@@ -391,14 +391,14 @@ def test_a_lost_nodes_trials_go_on_from_their_checkpoints_on_another_node(cluste
     ],
 )
 def test_a_trial_trains_on_the_gpu_ray_gave_it_or_says_why_not(device, gpu_ids, cuda, problem):
-    from search.trainable import device_problem
+    from search.engine.trainable import device_problem
 
     found = device_problem(device, gpu_ids, cuda, 0.5)
     assert found == problem if problem is None else problem in found
 
 
 def test_the_summary_takes_the_exception_from_tunes_error_file():
-    from search.tuner import error_message
+    from search.engine.tuner import error_message
 
     text = """Failure # 1 (occurred at 2026-01-01_10-00-00)
 ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1, actor_id=ab, repr=run_trial)
@@ -444,8 +444,8 @@ def test_a_trial_stopped_on_a_non_finite_loss_is_pruned_in_optuna():
 def test_run_trial_ends_itself_on_a_non_finite_loss(tmp_path, data_dir, token_cache, monkeypatch, capsys):
     from test_search_trainable import FakeTune, space_file
 
-    from search.space import load_space
-    from search.trainable import STOP_KEY, TrialSetup, fixed_settings, run_trial
+    from search.space.file import load_space
+    from search.engine.trainable import STOP_KEY, TrialSetup, fixed_settings, run_trial
 
     space = load_space(space_file(tmp_path, data_dir, token_cache, "  optim.lr: {loguniform: [1.0e-4, 1.0e+3]}"))
 

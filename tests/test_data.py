@@ -1,4 +1,4 @@
-"""mtbert.data and mtbert.tokencache: readers, malformed rows, data folder, download, token cache,
+"""mtbert.data.course and mtbert.data.tokencache: readers, malformed rows, data folder, download, token cache,
 pair encodings, collate, bucketing, subsets."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import need
-from mtbert.data import (
+from mtbert.data.course import (
     BucketBatchSampler,
     DataError,
     Example,
@@ -30,7 +30,7 @@ from mtbert.data import (
     resolve_data_dir,
     to_device,
 )
-from mtbert.tokencache import Encoded, TokenArrays, cached_encode, encode, tokenizer_fingerprint
+from mtbert.data.tokencache import Encoded, TokenArrays, cached_encode, encode, tokenizer_fingerprint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COURSE = FIXTURES / "course"
@@ -39,7 +39,7 @@ COURSE = FIXTURES / "course"
 @pytest.fixture(scope="module")
 def tokenizer():
     try:
-        from mtbert.pretrained import default_encoder_dir, load_tokenizer
+        from mtbert.model.pretrained import default_encoder_dir, load_tokenizer
 
         return load_tokenizer(default_encoder_dir())
     except Exception as e:  # the tokenizer ships with the default encoder's package
@@ -66,7 +66,7 @@ def count_calls(monkeypatch, tokenizer):
 
 
 def test_quora_fixture_values_and_malformed_lines(caplog):
-    with caplog.at_level(logging.INFO, logger="mtbert.data"):
+    with caplog.at_level(logging.INFO, logger="mtbert.data.course"):
         report = read_task(COURSE, "quora", "dev")
     got = [(e.id, e.label, e.line) for e in report.examples]
     assert got == [("q1", 1, 2), ("q2", 0, 3), ("q4", 1, 5), ("q9", 0, 11)]
@@ -403,7 +403,7 @@ def test_corrupt_cache_entry_is_rebuilt(tokenizer, count_calls, tmp_path, caplog
     first = load_task(COURSE, "sst", "dev", tokenizer, cache_dir=tmp_path)
     (cache_file,) = tmp_path.iterdir()
     cache_file.write_bytes(b"not a safetensors file")
-    with caplog.at_level(logging.WARNING, logger="mtbert.tokencache"):
+    with caplog.at_level(logging.WARNING, logger="mtbert.data.tokencache"):
         again = load_task(COURSE, "sst", "dev", tokenizer, cache_dir=tmp_path)
     assert len(calls) == 2 and "unreadable" in caplog.text
     assert np.array_equal(first.encoded.sequences[0].ids, again.encoded.sequences[0].ids)
@@ -532,6 +532,6 @@ def test_load_task_caps_examples(tokenizer, tmp_path):
 
 
 def test_data_module_import_is_light():
-    code = "import sys, mtbert.data; print([m for m in ('transformers', 'safetensors') if m in sys.modules])"
+    code = "import sys, mtbert.data.course; print([m for m in ('transformers', 'safetensors') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

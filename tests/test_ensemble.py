@@ -175,8 +175,8 @@ def test_max_rounds_caps_the_picks():
 
 
 def data_ids(data_dir: Path, task: str, split: str) -> list[str]:
-    from mtbert.data import read_task
-    from mtbert.trainer import DATA_TASK
+    from mtbert.data.course import read_task
+    from mtbert.train.loop import DATA_TASK
 
     return [ex.id for ex in read_task(data_dir, DATA_TASK[task], split).examples]
 

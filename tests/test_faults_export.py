@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtbert.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mtbert.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mtbert.config import RunConfig
-from mtbert.data import REQUIRED_FILES, TASK_FILES
-from mtbert.model import build_model
-from mtbert.pretrained import load_encoder
+from mtbert.data.course import REQUIRED_FILES, TASK_FILES
+from mtbert.model.multitask import build_model
+from mtbert.model.pretrained import load_encoder
 from search.cli import main
-from search.space import SpaceError, load_space
-from search.tuner import Launch, SearchResults, TrialRecord
+from search.space.file import SpaceError, load_space
+from search.engine.tuner import Launch, SearchResults, TrialRecord
 
 SPACE = """\
 model: {encoder: tiny}
@@ -171,7 +171,7 @@ def test_export_of_a_real_search_refuses_a_truncated_checkpoint(smoke_search, tm
     folders relative to the search, so the copy's checkpoints are the ones read)."""
     from conftest import cli
 
-    from search.tuner import load_results
+    from search.engine.tuner import load_results
 
     experiment = tmp_path / "e2e"
     shutil.copytree(smoke_search["experiment"], experiment)
@@ -188,7 +188,7 @@ def test_export_of_a_real_search_refuses_a_truncated_checkpoint(smoke_search, tm
 
 
 def test_a_bad_checkpoint_is_refused_the_same_way_by_loading(search, no_unpickling):
-    from mtbert.checkpoint import check_checkpoint
+    from mtbert.train.checkpoint import check_checkpoint
 
     checkpoint = checkpoint_of(search, "t1")
     _truncate(checkpoint / "heads.safetensors")
@@ -202,7 +202,7 @@ def test_checking_reads_no_tensor(search, monkeypatch):
     """The check reads safetensors headers only, and builds no model weights."""
     import safetensors.torch
 
-    from mtbert.checkpoint import check_checkpoint
+    from mtbert.train.checkpoint import check_checkpoint
 
     def refuse(*args, **kwargs):
         raise AssertionError("tensors were read")
@@ -236,7 +236,7 @@ def test_export_into_a_folder_holding_a_rank_exits_2(search, tmp_path, capsys):
 def test_a_failed_copy_takes_back_the_ranks_written(search, tmp_path, monkeypatch):
     """An error while copying rank 2 (the disk fills, say) leaves neither rank 1 nor a temporary folder."""
     from search.export import export
-    from search.tuner import SearchError
+    from search.engine.tuner import SearchError
 
     copy = shutil.copytree
 

@@ -74,7 +74,7 @@ def one_line(err: str) -> str:
 
 def fake_search(folder: Path) -> Path:
     """A search folder as a search leaves it before Tune has saved anything."""
-    from search.tuner import Launch
+    from search.engine.tuner import Launch
 
     Launch("space.yaml").save(folder, "model: {encoder: tiny}\ntune: {num_samples: 1}\n")
     return folder
@@ -137,7 +137,7 @@ import sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from search.tuner import Launch, claim_folder, experiment_dir
+from search.engine.tuner import Launch, claim_folder, experiment_dir
 
 @dataclass
 class Tune:
@@ -171,7 +171,7 @@ def test_the_searcher_ignores_a_trial_it_never_proposed():
     the restored searcher never proposed, and Ray's OptunaSearch then raised a KeyError."""
     from optuna.trial import TrialState
 
-    from search.tuner import PruningOptunaSearch
+    from search.engine.tuner import PruningOptunaSearch
 
     searcher = PruningOptunaSearch(space=lambda t: {"x": t.suggest_float("x", 0, 1)}, metric="overall", mode="max",
                                    max_t=2)  # fmt: skip
@@ -190,7 +190,7 @@ def test_the_searcher_ignores_a_trial_it_never_proposed():
 
 
 def test_ctrl_c_asks_tune_to_stop_then_a_second_stops_at_once(tmp_path):
-    from search.tuner import SearchInterrupted, stop_on_sigint
+    from search.engine.tuner import SearchInterrupted, stop_on_sigint
 
     stops, lines = [], []
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
@@ -222,15 +222,15 @@ def test_ctrl_c_asks_tune_to_stop_then_a_second_stops_at_once(tmp_path):
 
 
 def test_search_json_writes_nan_as_null(tmp_path, monkeypatch, capsys):
-    import search.tuner
+    import search.engine.tuner
     from search.cli import run_and_report
 
     nan = float("nan")
     summary = {"experiment": str(tmp_path), "metric": "overall", "trials": 1, "trial_states": {"complete": 1},
                "best": {"trial_id": "t1", "params": {"model.encoder": "tiny"}, "full_dev": None,
                         "selection": {"overall": 0.5, "sts_pearson": nan, "sts_spearman": float("-inf")}}}  # fmt: skip
-    monkeypatch.setattr(search.tuner, "load_results", lambda experiment: None)
-    monkeypatch.setattr(search.tuner, "summarize", lambda results, space, log: summary)
+    monkeypatch.setattr(search.engine.tuner, "load_results", lambda experiment: None)
+    monkeypatch.setattr(search.engine.tuner, "summarize", lambda results, space, log: summary)
     space = SimpleNamespace(notes=["a note"], base=SimpleNamespace(model=SimpleNamespace(encoder="tiny")))
     assert run_and_report(lambda log: tmp_path, space, True, tmp_path) == 0
     out = strict_json(capsys.readouterr().out)
@@ -367,7 +367,7 @@ def result_count(experiment: Path) -> int:
 
 def ranked(experiment: Path) -> bool:
     """Whether a reader of the search finds a trial with a checkpoint (what ``ensemble`` needs)."""
-    from search.tuner import SearchError, load_results
+    from search.engine.tuner import SearchError, load_results
 
     try:
         return bool(load_results(experiment).ranked())
@@ -457,7 +457,7 @@ def contended(data_dir, token_cache, tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_searches_at_once_get_a_folder_each_and_the_first_finishes(contended):
-    from search.tuner import load_results
+    from search.engine.tuner import load_results
 
     done = contended["first_done"]
     assert done.returncode == 0, done.stderr[-4000:]
@@ -514,7 +514,7 @@ def test_ctrl_c_stops_the_search_saves_it_and_says_how_to_go_on(contended):
 
 @pytest.mark.slow
 def test_killed_at_wrap_up_then_status_and_resume_give_the_whole_search(contended):
-    from search.tuner import load_results, load_searcher
+    from search.engine.tuner import load_results, load_searcher
 
     second = contended["second"]
     assert "summary.json" not in contended["files_killed"] and "search.lock" in contended["files_killed"]
@@ -536,7 +536,7 @@ def test_killed_at_wrap_up_then_status_and_resume_give_the_whole_search(contende
 
 @pytest.mark.slow
 def test_ctrl_c_before_tune_saved_anything_then_resume_runs_the_search(data_dir, token_cache, tmp_path):
-    from search.tuner import load_results
+    from search.engine.tuner import load_results
 
     space = write_space(tmp_path, data_dir, token_cache, "early", steps=8, num_samples=1)
     experiment = tmp_path / "results" / "early"

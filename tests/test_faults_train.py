@@ -22,7 +22,7 @@ import torch
 
 from mtbert.cli import main
 from mtbert.config import ConfigError, RunConfig
-from mtbert.data import DataError, read_task
+from mtbert.data.course import DataError, read_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,7 +108,7 @@ def test_resume_takes_new_steps_rates_and_folder_and_its_checkpoints_resume_agai
     changed = ["--set", "train.max_steps=6", "--set", "train.eval_every=3", "--set", "optim.lr=2e-3",
                "--set", "optim.weight_decay=0.05", "--set", f"train.out_dir={out}"]  # fmt: skip
     assert main([str(config), "--no-progress", *changed, "--resume", str(trained / "run1" / "last")]) == 0
-    from mtbert.checkpoint import load_checkpoint
+    from mtbert.train.checkpoint import load_checkpoint
 
     _, _, saved, metrics = load_checkpoint(out / "last")  # the original failure: heads did not fit config.yaml
     assert metrics["step"] == 6 and saved.optim.lr == 2e-3 and saved.train.out_dir == str(out)
@@ -119,7 +119,7 @@ def test_resume_takes_new_steps_rates_and_folder_and_its_checkpoints_resume_agai
 def test_a_resume_trains_with_the_new_learning_rates(trained):
     """torch's optimizer and LambdaLR state bring back the saved rates; the new config's must win."""
     from mtbert.config import load_config
-    from mtbert.trainer import start
+    from mtbert.train.loop import start
 
     config = load_config(trained / "run.yaml", {"optim.lr": "3e-3", "optim.head_lr": "7e-3", "optim.schedule": "constant",
                                                  "optim.warmup": "0", "optim.weight_decay": "0.2"})  # fmt: skip
@@ -154,7 +154,7 @@ def test_resume_into_another_folder_reports_a_best_checkpoint_that_exists(traine
     result = json.loads(capsys.readouterr().out)
     best = Path(result["checkpoint"])
     assert best == out / "best" and best.is_dir()
-    from mtbert.checkpoint import load_checkpoint
+    from mtbert.train.checkpoint import load_checkpoint
 
     _, _, _, metrics = load_checkpoint(best)
     assert metrics["step"] == result["best_step"]
@@ -232,9 +232,9 @@ def test_ctrl_c_saves_last_prints_the_resume_command_and_exits_130(tmp_path, tok
 
 
 def test_a_stop_between_evaluations_saves_last_and_resumes_exactly(tmp_path, tokens):
-    from mtbert.checkpoint import load_checkpoint
+    from mtbert.train.checkpoint import load_checkpoint
     from mtbert.config import load_config
-    from mtbert.trainer import TrainingInterrupted, train
+    from mtbert.train.loop import TrainingInterrupted, train
 
     config = load_config(config_file(tmp_path, tokens, course(tmp_path / "data")),
                          {"train.max_steps": "6", "train.eval_every": "4"})  # fmt: skip

@@ -9,14 +9,14 @@ from itertools import combinations
 import pytest
 import torch
 
-from mtbert.cagrad import conflict_averse
-from mtbert.checkpoint import load_checkpoint, read_state
+from mtbert.methods.cagrad import conflict_averse
+from mtbert.train.checkpoint import load_checkpoint, read_state
 from mtbert.config import TASKS, GradConfig, OptimConfig, PerTask
-from mtbert.data import to_device
-from mtbert.gradients import COMBINERS, conflict_diagnostics, pcgrad_projections, project_conflicting, sample_weights
-from mtbert.gradvac import vaccinate
-from mtbert.trainer import start, train
-from mtbert.uncertainty import Uncertainty
+from mtbert.data.course import to_device
+from mtbert.methods.base import COMBINERS, conflict_diagnostics, pcgrad_projections, project_conflicting, sample_weights
+from mtbert.methods.gradvac import vaccinate
+from mtbert.train.loop import start, train
+from mtbert.methods.uncertainty import Uncertainty
 
 METHODS = ["sum", "weighted", "pcgrad", "pcgrad_weighted", "cagrad", "gradvac", "uncertainty"]
 F64 = torch.float64

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from mtbert.heads import HEADS, HeadSpec, head_class
-from mtbert.model import POOLING, MultiTaskModel, encode
-from mtbert.pretrained import load_encoder
+from mtbert.model.heads import HEADS, HeadSpec, head_class
+from mtbert.model.multitask import POOLING, MultiTaskModel, encode
+from mtbert.model.pretrained import load_encoder
 
 SST = [
     (" The Rock is destined to be the 21st Century 's new `` Conan '' .", 3),

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from mtbert.heads import HEADS, HeadOutput, compatibility, head_class
-from mtbert.losses import LOSSES, LossSpec, build_loss, compatible_losses, soft_bin_targets
-from mtbert.model import MultiTaskModel
+from mtbert.model.heads import HEADS, HeadOutput, compatibility, head_class
+from mtbert.train.losses import LOSSES, LossSpec, build_loss, compatible_losses, soft_bin_targets
+from mtbert.model.multitask import MultiTaskModel
 from test_heads import fresh_encoder, make_batch, spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,12 +11,12 @@ from conftest import TINY, padded_batch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtbert import BertConfig
-from mtbert.bert import BertModel
+from mtbert.model.bert import BertModel
 from mtbert.config import OptimConfig, RunConfig
-from mtbert.merge import TaskEncoders, compute_report, estimate_compute, merge_encoders, specialize, to_specialists
-from mtbert.model import POOLING, build_model, encode
-from mtbert.optim import build_optimizer
-from mtbert.pretrained import load_encoder
+from mtbert.model.merge import TaskEncoders, compute_report, estimate_compute, merge_encoders, specialize, to_specialists
+from mtbert.model.multitask import POOLING, build_model, encode
+from mtbert.train.optim import build_optimizer
+from mtbert.model.pretrained import load_encoder
 
 TASKS = ["sst", "para", "sts"]
 DEEP = {**TINY, "num_hidden_layers": 4}  # room for a shared bottom and per-task tops

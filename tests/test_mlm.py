@@ -1,4 +1,4 @@
-"""mtbert.mlm: Devlin et al.'s masking statistics, the tied MLM head against transformers', task
+"""mtbert.train.mlm: Devlin et al.'s masking statistics, the tied MLM head against transformers', task
 sentences, and further pre-training on real sentences (tiny encoder; all-MiniLM-L6-v2 marked slow)."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import torch
 import transformers
 from conftest import TINY
 
-from mtbert.bert import BertConfig, BertModel
+from mtbert.model.bert import BertConfig, BertModel
 from mtbert.config import MlmConfig
-from mtbert.data import Example, read_task
-from mtbert.mlm import IGNORE, MlmHead, collate, further_pretrain, mask_tokens, task_sentences, tokenize
-from mtbert.pretrained import load_encoder
-from mtbert.trainer import TaskData, prepare_data
+from mtbert.data.course import Example, read_task
+from mtbert.train.mlm import IGNORE, MlmHead, collate, further_pretrain, mask_tokens, task_sentences, tokenize
+from mtbert.model.pretrained import load_encoder
+from mtbert.train.loop import TaskData, prepare_data
 
 CLS, SEP, MASK, VOCAB = 101, 102, 103, 30522
 

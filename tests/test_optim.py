@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtbert.bert import BertConfig, BertModel
+from mtbert.model.bert import BertConfig, BertModel
 from mtbert.config import OptimConfig
-from mtbert.optim import build_optimizer, lr_multiplier
+from mtbert.train.optim import build_optimizer, lr_multiplier
 
 
 def test_linear_warmup_then_decay():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtbert.config import ConfigError, RunConfig, load_config, phase_config, run_phases
-from mtbert.trainer import open_run, train
+from mtbert.train.loop import open_run, train
 
 # ---- the config ---------------------------------------------------------------------------------
 

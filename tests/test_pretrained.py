@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import TINY, other_kernels_env
 from mtbert import BertModel, EncoderLoadError, load_encoder
-from mtbert.bert import BertConfig
+from mtbert.model.bert import BertConfig
 
 SENTENCES = [
     "The movie was surprisingly good.",

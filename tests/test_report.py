@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from search import plots
 from search.report import Search, Section, check_paths, read_history, render_html, write_report
-from search.tuner import Launch, SearchError, SearchResults, TrialRecord
+from search.engine.tuner import Launch, SearchError, SearchResults, TrialRecord
 
 MAX_T = 4
 
@@ -289,7 +289,7 @@ def test_a_search_with_no_results_yet_still_reports(tmp_path):
 @pytest.fixture(scope="module")
 def searched(smoke_search, tmp_path_factory):
     """The report of the session's shared search, written into a folder of this module's."""
-    from search.tuner import load_results
+    from search.engine.tuner import load_results
 
     tmp = tmp_path_factory.mktemp("report")
     experiment = smoke_search["experiment"]

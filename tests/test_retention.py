@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.fs
 
-from search.retention import PREFIX, KeepRestorable, drop_kept, kept_copies, restore_kept
+from search.engine.retention import PREFIX, KeepRestorable, drop_kept, kept_copies, restore_kept
 
 
 @dataclass

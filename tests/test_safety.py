@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from mtbert.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
+from mtbert.train.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
 from mtbert.config import ConfigError, RunConfig, load_config
-from mtbert.model import build_model
-from mtbert.pretrained import EncoderLoadError, load_encoder, load_encoder_dir
+from mtbert.model.multitask import build_model
+from mtbert.model.pretrained import EncoderLoadError, load_encoder, load_encoder_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "mtbert").rglob("*.py"), *(ROOT / "search").rglob("*.py")])
@@ -59,7 +59,7 @@ def fake_ray(monkeypatch):
 def test_connect_starts_local_ray_on_the_loopback_without_dashboard(fake_ray):
     from ray._private import ray_constants
 
-    from search.tuner import connect
+    from search.engine.tuner import connect
 
     before = ray_constants.ENABLE_RAY_CLUSTER
     assert connect(None) is True
@@ -77,7 +77,7 @@ def test_connect_starts_local_ray_on_the_loopback_without_dashboard(fake_ray):
 @pytest.mark.parametrize("address", [None, "127.0.0.1:6379"])
 @pytest.mark.parametrize("mode", [None, "token"])
 def test_connect_never_switches_token_auth_off(fake_ray, monkeypatch, address, mode):
-    from search.tuner import connect
+    from search.engine.tuner import connect
 
     if mode is None:
         monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
@@ -111,7 +111,7 @@ def test_local_ray_listens_on_the_loopback_only(monkeypatch):
     import ray
     from ray._raylet import AuthenticationMode, get_authentication_mode
 
-    from search.tuner import connect
+    from search.engine.tuner import connect
 
     assert not ray.is_initialized()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -257,7 +257,7 @@ def test_a_good_checkpoint_loads_without_unpickling(checkpoint, no_unpickling):
 
 
 def test_encoder_weights_that_would_run_code_are_refused(checkpoint, tmp_path):
-    """``mtbert.pretrained`` reads a ``pytorch_model.bin`` with ``weights_only=True``: tensors only,
+    """``mtbert.model.pretrained`` reads a ``pytorch_model.bin`` with ``weights_only=True``: tensors only,
     so a file that names a function to call fails to load, and the function never runs."""
     folder = tmp_path / "encoder"
     folder.mkdir()
@@ -382,7 +382,7 @@ def test_config_with_a_python_tag_is_refused(tmp_path):
 
 
 def test_space_with_a_python_tag_is_refused(tmp_path):
-    from search.space import SpaceError, load_space
+    from search.space.file import SpaceError, load_space
 
     marker = tmp_path / "ran"
     path = tmp_path / "space.yaml"

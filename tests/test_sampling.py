@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from mtbert.sampling import SCHEDULES, build_schedule
+from mtbert.data.sampling import SCHEDULES, build_schedule
 
 # The course's training set sizes (the full Quora file): the spread the schedules exist for.
 COURSE = {"sst": 8544, "quora": 141506, "sts": 6040}

@@ -1,5 +1,5 @@
 """mtbert-search's bad-input paths: exit 2 with one line naming the file and key, before Ray starts
-or any results folder is made (search/space.py's own tests cover the many ways a space is wrong)."""
+or any results folder is made (search/space/file.py's own tests cover the many ways a space is wrong)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_commands_on_a_folder_without_a_search_exit_2(tmp_path, capsys, command)
 
 
 def test_export_top_k_must_be_positive(tmp_path, capsys):
-    from search.tuner import Launch
+    from search.engine.tuner import Launch
 
     Launch("space.yaml").save(tmp_path, "{}\n")
     assert main(["export", str(tmp_path), "--top-k", "0", "--out", str(tmp_path / "out")]) == 2

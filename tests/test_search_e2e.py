@@ -40,7 +40,7 @@ def test_summary_names_the_best_trial_and_its_scores(search_run):
 
 @pytest.mark.slow
 def test_trials_asha_stopped_are_pruned_in_the_optuna_study(search_run):
-    from search.tuner import load_searcher
+    from search.engine.tuner import load_searcher
 
     experiment = search_run["experiment"]
     searcher = load_searcher(experiment)
@@ -120,9 +120,9 @@ def test_status_formats(search_run, capsys):
 def test_export_top_2_reloads_and_reproduces_its_metrics(search_run):
     from transformers import BertModel
 
-    from mtbert.checkpoint import load_checkpoint
-    from mtbert.pretrained import load_tokenizer
-    from mtbert.trainer import evaluate, prepare_data
+    from mtbert.train.checkpoint import load_checkpoint
+    from mtbert.model.pretrained import load_tokenizer
+    from mtbert.train.loop import evaluate, prepare_data
 
     out = search_run["tmp"] / "export"
     result = cli("export", str(search_run["experiment"]), "--top-k", "2", "--out", str(out))
@@ -153,7 +153,7 @@ def test_export_top_2_reloads_and_reproduces_its_metrics(search_run):
 def test_a_second_search_with_the_same_name_gets_its_own_folder(tmp_path):
     from types import SimpleNamespace
 
-    from search.tuner import free_name
+    from search.engine.tuner import free_name
 
     space = SimpleNamespace(tune=SimpleNamespace(storage_path=str(tmp_path), name="e2e"))
     assert free_name(space) is None

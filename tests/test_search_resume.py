@@ -44,7 +44,7 @@ def assert_resumed(experiment: Path, trials: list, done_before: dict[str, list[d
 
 @pytest.mark.slow
 def test_resume_after_sigkill_keeps_finished_trials_and_completes(data_dir, token_cache, tmp_path):
-    from search.tuner import load_results, load_searcher
+    from search.engine.tuner import load_results, load_searcher
 
     # longer trials (8 evaluations) that ASHA stops late, so some are caught mid-way
     space = write_space(tmp_path, data_dir, token_cache, name="killed", num_samples=NUM_SAMPLES)

@@ -1,4 +1,4 @@
-"""search.trainable without a Ray cluster: data signatures, the signatures a space can produce, the
+"""search.engine.trainable without a Ray cluster: data signatures, the signatures a space can produce, the
 step clock, and run_trial itself with tune.report / tune.get_checkpoint stood in for."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from ray import tune
 
 from mtbert.config import RunConfig
-from search.space import load_space
-from search.trainable import (
+from search.space.file import load_space
+from search.engine.trainable import (
     COMPLETE_KEY,
     StepClock,
     TrialSetup,
@@ -108,7 +108,7 @@ class FakeTune:
 
 def test_run_trial_reports_each_evaluation_and_resumes_from_a_checkpoint(tmp_path, data_dir, token_cache,
                                                                          monkeypatch, capsys):  # fmt: skip
-    from mtbert.checkpoint import load_checkpoint
+    from mtbert.train.checkpoint import load_checkpoint
 
     space = load_space(space_file(tmp_path, data_dir, token_cache, "  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}"))
     setup = TrialSetup(space, fixed_settings(space))
@@ -131,8 +131,8 @@ def test_run_trial_reports_each_evaluation_and_resumes_from_a_checkpoint(tmp_pat
     resumed = FakeTune(tmp_path / "resumed", checkpoint=whole.reports[1][1]).install(monkeypatch)
     shared = {}
     monkeypatch.setattr("ray.get", lambda ref: shared["data"])
-    from mtbert.pretrained import load_tokenizer, resolve_source
-    from mtbert.trainer import prepare_data
+    from mtbert.model.pretrained import load_tokenizer, resolve_source
+    from mtbert.train.loop import prepare_data
 
     trial_config = setup.config(params)
     shared["data"] = prepare_data(trial_config, load_tokenizer(resolve_source("all-MiniLM-L6-v2")))

@@ -8,7 +8,7 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from search.tuner import PruningOptunaSearch
+from search.engine.tuner import PruningOptunaSearch
 
 MAX_T = 4
 

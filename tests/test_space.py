@@ -13,8 +13,8 @@ import optuna
 import pytest
 
 from mtbert.config import RunConfig, load_config
-from search import space as space_module
-from search.space import Dimension, Space, SpaceError, TuneSettings, detect_profile, evaluations, load_space
+from search.space import file as space_module
+from search.space.file import Dimension, Space, SpaceError, TuneSettings, detect_profile, evaluations, load_space
 
 REPO = Path(__file__).resolve().parent.parent
 SPACES = sorted((REPO / "spaces").glob("*.yaml"))
@@ -609,7 +609,7 @@ def test_set_overrides_of_each_kind(tmp_path):
 
 def test_load_space_does_not_import_ray():
     code = (
-        "import sys; from search.space import load_space; load_space('spaces/baseline.yaml', profile='cpu'); "
+        "import sys; from search.space.file import load_space; load_space('spaces/baseline.yaml', profile='cpu'); "
         "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -620,10 +620,10 @@ def test_load_space_does_not_import_ray():
 
 
 def needs_registered_combiners(path: Path) -> None:
-    from mtbert import gradients
+    from mtbert.methods import base as gradients
 
     if "pcgrad" in path.read_text() and "pcgrad" not in gradients.COMBINERS:
-        pytest.skip("grad.method pcgrad is not registered in mtbert.gradients yet")
+        pytest.skip("grad.method pcgrad is not registered in mtbert.methods.base yet")
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])

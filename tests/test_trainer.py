@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers
 
-from mtbert.checkpoint import load_checkpoint
-from mtbert.trainer import evaluate, prepare_data, train
+from mtbert.train.checkpoint import load_checkpoint
+from mtbert.train.loop import evaluate, prepare_data, train
 
 
 class Interrupted(Exception):
@@ -64,7 +64,7 @@ def test_checkpoint_reproduces_dev_metrics_and_loads_in_transformers(small_run, 
 def test_frozen_encoder_stays_put(small_run, tmp_path):
     config = small_run(**{"model.freeze_depth": 2})
     train(config, checkpoint_dir=tmp_path / "c")
-    from mtbert.pretrained import load_encoder
+    from mtbert.model.pretrained import load_encoder
 
     start, _ = load_encoder("tiny", seed=config.train.seed)
     trained = weights(tmp_path / "c" / "last")
@@ -77,8 +77,8 @@ def test_frozen_encoder_stays_put(small_run, tmp_path):
 def test_untrained_task_head_stays_put(small_run, tmp_path):
     config = small_run(**{"sampling.schedule": "ratios", "sampling.ratios.sst": 0, "sampling.ratios.para": 3})
     train(config, checkpoint_dir=tmp_path / "c")
-    from mtbert.model import build_model
-    from mtbert.pretrained import load_encoder
+    from mtbert.model.multitask import build_model
+    from mtbert.model.pretrained import load_encoder
 
     start = build_model(config, load_encoder("tiny", seed=config.train.seed)[0]).state_dict()
     trained = weights(tmp_path / "c" / "last")
@@ -106,7 +106,7 @@ def test_every_schedule_and_combiner_trains(small_run, schedule, method):
 
 def test_cfimdb_as_extra_sst_data(small_run):
     config = small_run(**{"data.extra_sst": "polar", "train.max_steps": 4})
-    from mtbert.pretrained import load_encoder
+    from mtbert.model.pretrained import load_encoder
 
     _, tokenizer = load_encoder("tiny")
     data = prepare_data(config, tokenizer)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mtbert.config import TASKS, GradConfig
-from mtbert.gradients import COMBINERS, Surgery, gram_matrix
+from mtbert.methods.base import COMBINERS, Surgery, gram_matrix
 
 
 def gradvac_coefficients(

@@ -537,7 +537,10 @@ def _show(value: Any) -> str:
 
 def validate(config: RunConfig, source: str | None = None) -> None:
     """Checks that span several settings or need the plug-in registries and the encoder's shape."""
-    from mtbert import gradients, heads, losses, sampling
+    from mtbert.data import sampling
+    from mtbert.methods import base as gradients
+    from mtbert.model import heads
+    from mtbert.train import losses
 
     names: list[tuple[str, Any, Any]] = [
         ("sampling.schedule", config.sampling.schedule, sampling.SCHEDULES),
@@ -554,7 +557,7 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         problem = heads.compatibility(task, head, getattr(config.losses, task), head.pair_encoding)
         if problem:
             raise ConfigError(f"heads.{task}.kind", problem, source)
-    from mtbert.model import check_spec, head_specs, new_shared_layer
+    from mtbert.model.multitask import check_spec, head_specs, new_shared_layer
 
     specs = head_specs(config)
     for task, spec in specs.items():
@@ -733,7 +736,7 @@ def validate_phases(config: RunConfig, source: str | None) -> None:
 
 def encoder_layers(source: str) -> int | None:
     """The encoder's layer count from its config.json alone (no weights), or None if unknown yet."""
-    from mtbert.pretrained import DEFAULT_ENCODER, TINY_ENCODER, TINY_SHAPE, EncoderLoadError, default_encoder_dir
+    from mtbert.model.pretrained import DEFAULT_ENCODER, TINY_ENCODER, TINY_SHAPE, EncoderLoadError, default_encoder_dir
 
     if source == TINY_ENCODER:
         return TINY_SHAPE["num_hidden_layers"]

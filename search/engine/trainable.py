@@ -1,7 +1,7 @@
 """The trainer as a Ray Tune function trainable: the one caller of ``tune.report`` and
 ``tune.get_checkpoint``.
 
-Each evaluation of ``mtbert.trainer.train`` becomes one Tune result (one ``training_iteration``):
+Each evaluation of ``mtbert.train.loop.train`` becomes one Tune result (one ``training_iteration``):
 the trainer's metrics as they are (per-task dev scores on the selection subset, ``overall``,
 ``train_loss_<task>``, ``lr``, ``train_samples_per_s``, gradient-conflict figures), a few timings
 of this trial (below), and a resumable mtbert checkpoint written by the trainer's ``save``. A
@@ -55,14 +55,14 @@ MAX_SIGNATURE_PROBES = 256
 
 def tokenizer_source(encoder: str) -> str:
     """The tokenizer an encoder source brings; ``tiny`` borrows the default encoder's."""
-    from mtbert.pretrained import DEFAULT_ENCODER, TINY_ENCODER
+    from mtbert.model.pretrained import DEFAULT_ENCODER, TINY_ENCODER
 
     return DEFAULT_ENCODER if encoder == TINY_ENCODER else encoder
 
 
 def data_signature(config: RunConfig) -> str:
     """A key of everything ``prepare_data(config, ...)`` reads: trials with equal keys can share data."""
-    from mtbert.trainer import pair_encodings
+    from mtbert.train.loop import pair_encodings
 
     d = config.data
     capped = any(v is not None for v in (d.max_train_per_task, d.max_eval_per_task))
@@ -89,7 +89,7 @@ class TrialSetup:
     """What every trial of a search shares: the space and the settings fixed for all trials
     (``fixed_settings``)."""
 
-    space: Any  # search.space.Space
+    space: Any  # search.space.file.Space
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def config(self, params: dict[str, Any]) -> RunConfig:
@@ -107,7 +107,7 @@ def fixed_settings(space: Any) -> dict[str, Any]:
     """Paths every trial shares, made absolute in the driver: trials run in their own working
     directories, and the data folder may come from $MTBERT_DATA, which a cluster's workers lack.
     Keys a dimension searches are left alone."""
-    from mtbert.data import resolve_data_dir
+    from mtbert.data.course import resolve_data_dir
 
     base = space.base
     fixed: dict[str, Any] = {"data.dir": str(resolve_data_dir(base.data.dir).resolve())}
@@ -226,8 +226,8 @@ def space_signatures(setup: TrialSetup, limit: int = MAX_SIGNATURE_PROBES) -> tu
 
 def prepare_shared(configs: Iterable[RunConfig]) -> dict[str, Any]:
     """``{signature: TaskData}``: each signature's data read and tokenised once (through the token cache)."""
-    from mtbert.pretrained import load_tokenizer, resolve_source
-    from mtbert.trainer import prepare_data
+    from mtbert.model.pretrained import load_tokenizer, resolve_source
+    from mtbert.train.loop import prepare_data
 
     tokenizers: dict[str, Any] = {}
     out: dict[str, Any] = {}
@@ -355,7 +355,7 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup, data: dict[str, Any]
     import torch
     from ray import tune
 
-    from mtbert.trainer import train
+    from mtbert.train.loop import train
 
     started_at = time.time()
     torch.set_num_threads(available_cpus(getattr(setup.space.tune, "cpus_per_trial", 1) or 1))
@@ -413,7 +413,7 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup, data: dict[str, Any]
 
 
 def _checkpoint_step(directory: str | Path) -> int:
-    from mtbert.checkpoint import METRICS_FILE
+    from mtbert.train.checkpoint import METRICS_FILE
 
     try:
         return int(json.loads((Path(directory) / METRICS_FILE).read_text()).get("step", 0))

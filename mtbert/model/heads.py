@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbert.bert import Dropout
+from mtbert.model.bert import Dropout
 from mtbert.registry import Registry
 
 TASKS = ("sst", "para", "sts")
@@ -366,7 +366,7 @@ def encoding_problem(task: str, cls: type[Head], pair_encoding: str | None) -> s
 def compatibility(task: str, head: Any, loss: Any, pair_encoding: str | None) -> str | None:
     """Why ``task``'s head (``head.kind``) cannot go with the loss (``loss.kind``) and the pair
     encoding, or None; for config checks before anything is built."""
-    from mtbert.losses import loss_problem  # losses.py imports this module
+    from mtbert.train.losses import loss_problem  # losses.py imports this module
 
     cls = head_class(task, head.kind)
     return encoding_problem(task, cls, pair_encoding) or loss_problem(task, cls, loss.kind)

@@ -1,6 +1,6 @@
 """The search: Optuna's TPE proposes run configs, ASHA stops weak trials early, Ray Tune runs them.
 
-Everything here that touches Ray (with ``search.trainable``) is Ray-facing; the command line,
+Everything here that touches Ray (with ``search.engine.trainable``) is Ray-facing; the command line,
 ``search.export`` and ``search.status`` work with the plain records this module returns.
 
 A defect of Ray's ``OptunaSearch`` fixed here: it tells Optuna that a trial ASHA stopped early is
@@ -49,9 +49,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mtbert.evaluate import strict_json
 from search.lock import LOCK_FILE, LockHeld, SearchLock
-from search.retention import KeepRestorable, drop_kept, restore_kept
-from search.tensorboard import TrialBoard
-from search.trainable import (
+from search.engine.retention import KeepRestorable, drop_kept, restore_kept
+from search.engine.tensorboard import TrialBoard
+from search.engine.trainable import (
     COMPLETE_KEY,
     STOP_KEY,
     TrialSetup,
@@ -191,7 +191,7 @@ def load_searcher(experiment: str | Path) -> PruningOptunaSearch | None:
 
 
 class TensorBoardCallback(TBXLoggerCallback):
-    """Writes each trial's TensorBoard run (``search.tensorboard``) into the trial's folder under
+    """Writes each trial's TensorBoard run (``search.engine.tensorboard``) into the trial's folder under
     the storage path, as results arrive, so ``tensorboard --logdir <storage_path>/<name>`` shows the
     running search. A subclass of Tune's TBXLoggerCallback only so that Tune does not add its own
     (a second set of ``ray/tune/*`` tags and hparams in the same folders); tensorboardX is not used."""
@@ -758,7 +758,7 @@ def summarize(results: SearchResults, space: Any, *, final_eval: str | None = No
     """The best trial: its sampled settings, config, checkpoint and scores on the selection subset,
     and on the full dev sets as ``tune.final_eval`` says (``best``: the best trial's checkpoint,
     ``all``: every trial's best checkpoint, ``none``). Written to ``summary.json`` too."""
-    from mtbert.checkpoint import CONFIG_FILE, METRICS_FILE
+    from mtbert.train.checkpoint import CONFIG_FILE, METRICS_FILE
 
     final_eval = final_eval or getattr(space.tune, "final_eval", "best")
     states: dict[str, int] = {}
@@ -804,11 +804,11 @@ def summarize(results: SearchResults, space: Any, *, final_eval: str | None = No
 def full_evaluation(checkpoint: Path, log: Any = print) -> dict[str, float]:
     """mtbert-train's final evaluation of a checkpoint: the full dev sets, and dev and test
     prediction files in ``<checkpoint>/predictions``."""
-    from mtbert.checkpoint import CONFIG_FILE, ENCODER_DIR
+    from mtbert.train.checkpoint import CONFIG_FILE, ENCODER_DIR
     from mtbert.cli import final_evaluation
     from mtbert.config import load_config
-    from mtbert.pretrained import load_tokenizer
-    from mtbert.trainer import resolve_device
+    from mtbert.model.pretrained import load_tokenizer
+    from mtbert.train.loop import resolve_device
 
     config = load_config(Path(checkpoint) / CONFIG_FILE)
     tokenizer = load_tokenizer(Path(checkpoint) / ENCODER_DIR)
@@ -828,7 +828,7 @@ def decoded(space: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 def saved_space(experiment: str | Path) -> tuple[Any, Launch]:
     """The space of a search folder, loaded from the copy saved when the search started."""
-    from search.space import load_space
+    from search.space.file import load_space
 
     experiment = Path(experiment).expanduser().resolve()
     if not experiment.is_dir():

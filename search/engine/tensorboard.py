@@ -12,7 +12,7 @@ Tags are ``<group>/<metric key>``, the key exactly as the trainer reports it:
 The x axis is the global training step (the ``step`` metric), so trials line up by steps whatever
 their evaluation interval. The HParams run lists the trial's sampled settings under their dotted
 keys (``optim.lr``) with their real values, and the search metric's tag (``dev/overall``) as its
-metric. Ray-free: ``search.tuner`` feeds it from a Tune callback.
+metric. Ray-free: ``search.engine.tuner`` feeds it from a Tune callback.
 """
 
 from __future__ import annotations

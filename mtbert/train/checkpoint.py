@@ -10,7 +10,7 @@ Layout of a checkpoint directory:
     state/              only in resumable checkpoints: optimizer, LR schedule, sampler, RNG
                         (state.safetensors + state.json)
 
-A model whose encoder is a ``TaskEncoders`` (``mtbert.merge``: per-task branches over a shared,
+A model whose encoder is a ``TaskEncoders`` (``mtbert.model.merge``: per-task branches over a shared,
 frozen bottom) has, instead of ``encoder/``:
 
     encoders/<task>/    each task's whole encoder in Hugging Face format, as ``encoder/`` above
@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from mtbert.config import ConfigError, RunConfig, load_config
-from mtbert.merge import TaskEncoders, merge_encoders
+from mtbert.model.merge import TaskEncoders, merge_encoders
 
 ENCODER_DIR = "encoder"
 ENCODERS_DIR = "encoders"  # merged models: one encoder per task
@@ -134,7 +134,7 @@ def check_checkpoint(directory: str | Path) -> CheckedCheckpoint:
     missing file, ``config.yaml`` or ``metrics.json`` that does not parse, an encoder folder
     without config.json, weights or tokenizer, or a safetensors file whose header does not parse,
     does not cover the file (truncated), or lists keys and shapes that do not fit ``config.yaml``."""
-    from mtbert.model import head_specs
+    from mtbert.model.multitask import head_specs
 
     directory = Path(directory)
     if directory.is_file():
@@ -175,8 +175,8 @@ def check_checkpoint(directory: str | Path) -> CheckedCheckpoint:
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, RunConfig, dict]:
     """``(model, tokenizer, config, metrics)`` from a checkpoint directory, checked first
     (``check_checkpoint``), so that every tensor is read once, into a model it is known to fit."""
-    from mtbert.model import build_model
-    from mtbert.pretrained import EncoderLoadError, load_encoder
+    from mtbert.model.multitask import build_model
+    from mtbert.model.pretrained import EncoderLoadError, load_encoder
 
     checked = check_checkpoint(directory)
     directory = checked.directory
@@ -194,7 +194,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
 def _load_task_encoders(directory: Path, tasks: list[str], depth: int) -> tuple[TaskEncoders, Any]:
     """The ``TaskEncoders`` of a checked merged checkpoint, its bottom checked bit-identical across tasks."""
-    from mtbert.pretrained import load_encoder_dir, load_tokenizer
+    from mtbert.model.pretrained import load_encoder_dir, load_tokenizer
 
     encoders = {task: load_encoder_dir(directory / ENCODERS_DIR / task) for task in tasks}
     try:
@@ -240,8 +240,8 @@ def _read_merged(directory: Path, needed: list[str]) -> tuple[list[str], int]:
 def _check_encoder_dir(folder: Path) -> Any:
     """An encoder folder's config.json, tokenizer and weights' header, checked; returns the encoder
     it describes, on the meta device."""
-    from mtbert.bert import BertConfig, BertModel
-    from mtbert.pretrained import EncoderLoadError, check_state_dict
+    from mtbert.model.bert import BertConfig, BertModel
+    from mtbert.model.pretrained import EncoderLoadError, check_state_dict
 
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -265,8 +265,8 @@ def _check_encoder_dir(folder: Path) -> Any:
 def _check_heads(path: Path, config: RunConfig, encoder: Any) -> None:
     """The keys and shapes in the heads file's header against the heads ``config`` builds on
     ``encoder`` (heads are small and built for real; the encoder stays on the meta device)."""
-    from mtbert.model import build_model
-    from mtbert.pretrained import state_dict_problems
+    from mtbert.model.multitask import build_model
+    from mtbert.model.pretrained import state_dict_problems
 
     try:
         model = build_model(config, encoder)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.dimensions import read_number
+from search.space.dimensions import read_number
 from search.errors import SpaceError, did_you_mean, show
 
 FINAL_EVAL = ("best", "all", "none")

@@ -30,15 +30,15 @@ from typing import Any, Callable
 
 import torch
 
-from mtbert.checkpoint import CONFIG_FILE, METRICS_FILE, CheckpointError, read_state, save_checkpoint
+from mtbert.train.checkpoint import CONFIG_FILE, METRICS_FILE, CheckpointError, read_state, save_checkpoint
 from mtbert.config import TASKS, ConfigError, RunConfig, load_config, resume_conflicts
-from mtbert.data import BucketBatchSampler, MalformedRow, TaskDataset, cfimdb_as_sst, load_task, resolve_data_dir, to_device
+from mtbert.data.course import BucketBatchSampler, MalformedRow, TaskDataset, cfimdb_as_sst, load_task, resolve_data_dir, to_device
 from mtbert.evaluate import Scores, accuracy, confusion_matrix
-from mtbert.gradients import COMBINERS
-from mtbert.losses import LOSSES, LossSpec, build_loss
-from mtbert.model import MultiTaskModel, build_model
-from mtbert.optim import build_optimizer, build_scheduler
-from mtbert.sampling import build_schedule
+from mtbert.methods.base import COMBINERS
+from mtbert.train.losses import LOSSES, LossSpec, build_loss
+from mtbert.model.multitask import MultiTaskModel, build_model
+from mtbert.train.optim import build_optimizer, build_scheduler
+from mtbert.data.sampling import build_schedule
 
 DATA_TASK = {"sst": "sst", "para": "quora", "sts": "sts"}  # run task -> course files
 EVAL_BATCH = 64
@@ -84,7 +84,7 @@ class TrainResult:
 
 def pair_encodings(config: RunConfig) -> dict[str, str]:
     """How each task's files are tokenised: what its head reads ('single', 'concat', 'siamese')."""
-    from mtbert.heads import head_class
+    from mtbert.model.heads import head_class
 
     return {t: head_class(t, getattr(config.heads, t).kind).encoding for t in TASKS}
 
@@ -444,8 +444,8 @@ def loss_spec(config: RunConfig, task: str) -> LossSpec:
 
 def build_run(config: RunConfig, resume: str | Path | None = None) -> tuple[MultiTaskModel, Any]:
     """The model and tokenizer a run starts from: fresh from ``model.encoder``, or a checkpoint's."""
-    from mtbert.checkpoint import load_checkpoint
-    from mtbert.pretrained import load_encoder
+    from mtbert.train.checkpoint import load_checkpoint
+    from mtbert.model.pretrained import load_encoder
 
     if resume:
         model, tokenizer, _, _ = load_checkpoint(resume)
@@ -575,7 +575,7 @@ class Run:
         return target
 
     def pretrain(self, config: RunConfig, phase: Any, stop: Stop | None = None) -> Any:
-        from mtbert.mlm import further_pretrain, task_sentences
+        from mtbert.train.mlm import further_pretrain, task_sentences
 
         mlm = config.mlm
         if phase.lr:
@@ -592,7 +592,7 @@ class Run:
         )  # fmt: skip
 
     def specialize(self, phase: Any) -> MultiTaskModel:
-        from mtbert.merge import to_specialists
+        from mtbert.model.merge import to_specialists
 
         depth = self.model.encoder.num_layers if phase.heads_only else self.config.model.freeze_depth
         return to_specialists(self.model, depth, seed=self.config.train.seed)

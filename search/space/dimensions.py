@@ -11,7 +11,7 @@ condition is decided before the dimension it guards. One key may hold a list of 
 with its own ``when`` on one shared key with no value in common: Optuna needs a fixed set of choices
 per parameter name, so alternative ``i`` is suggested as ``<key>#<i>``.
 
-This module knows the format only; what a key and its values mean to a run is ``search.space``'s.
+This module knows the format only; what a key and its values mean to a run is ``search.space.file``'s.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 
 Everything that can be wrong with a space is found here, before Ray starts or any folder exists:
 the base run config (``mtbert.config``'s checks), the dimensions' format and conditions
-(``search.dimensions``), the tune settings (``search.settings``), and what the dimensions do to the
-run (``search.checks``): each dimension's extreme values (both ends of a range, every choice), and
+(``search.space.dimensions``), the tune settings (``search.space.settings``), and what the dimensions do to the
+run (``search.space.checks``): each dimension's extreme values (both ends of a range, every choice), and
 those of each pair of choice and int dimensions, are applied to the base and validated as a run
 config, with the dimensions they depend on or switch on set accordingly. Every number is finite
 (no .inf or .nan in a bound, step, choice, run setting or tune value). A bad value fails as one
@@ -43,7 +43,7 @@ from mtbert.config import (
     refused_tag,
     set_dotted,
 )
-from search.checks import (
+from search.space.checks import (
     apply,
     check_dimensions,
     check_ratio_grid,
@@ -51,9 +51,9 @@ from search.checks import (
     run_key_problem,
     value_at,
 )
-from search.dimensions import Dimension, non_finite, order, parse_search
+from search.space.dimensions import Dimension, non_finite, order, parse_search
 from search.errors import SpaceError, did_you_mean, show
-from search.settings import FIELDS, TuneLayers, TuneSettings, build_settings, check_key, read_tune
+from search.space.settings import FIELDS, TuneLayers, TuneSettings, build_settings, check_key, read_tune
 
 __all__ = ["Dimension", "Space", "SpaceError", "TuneSettings", "detect_profile", "evaluations", "load_space"]
 

@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtbert.bert import BertConfig, BertModel
+from mtbert.model.bert import BertConfig, BertModel
 from mtbert.config import MlmConfig, OptimConfig
-from mtbert.data import BucketBatchSampler
-from mtbert.optim import build_optimizer, build_scheduler
+from mtbert.data.course import BucketBatchSampler
+from mtbert.train.optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:  # transformers is heavy; the trainer pulls in the whole model
     from transformers import PreTrainedTokenizerBase
 
-    from mtbert.trainer import TaskData
+    from mtbert.train.loop import TaskData
 
 IGNORE = -100  # label of positions that are not predicted (F.cross_entropy's ignore_index)
 # Devlin et al. 2019's weight decay; the rate decays linearly after warm-up; gradients clipped at 1

@@ -296,4 +296,4 @@ class PCGradWeighted(Surgery):
 
 # The other combiners live in their own modules and register on import; they import this module,
 # which is complete by now, so the cycle is harmless.
-from mtbert import cagrad, gradvac, uncertainty  # noqa: F401
+from mtbert.methods import cagrad, gradvac, uncertainty  # noqa: F401

@@ -25,7 +25,7 @@ from mtbert.config import (
     set_dotted,
     total_steps,
 )
-from search.dimensions import Dimension
+from search.space.dimensions import Dimension
 from search.errors import SpaceError, did_you_mean, show
 
 CONTINUOUS = ("uniform", "loguniform")

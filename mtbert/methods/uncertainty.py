@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mtbert.config import TASKS, GradConfig, OptimConfig
-from mtbert.gradients import COMBINERS, Combiner, task_order
+from mtbert.methods.base import COMBINERS, Combiner, task_order
 
 
 def uncertainty_loss(losses: dict[str, Tensor], log_vars: dict[str, Tensor]) -> dict[str, Tensor]:

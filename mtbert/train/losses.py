@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtbert.heads import HEADS, Head, HeadOutput
+from mtbert.model.heads import HEADS, Head, HeadOutput
 from mtbert.registry import Registry
 
 NEEDS = {  # what a loss may need from a head, as said in errors

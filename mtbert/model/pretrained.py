@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mtbert.bert import BertConfig, BertModel
+from mtbert.model.bert import BertConfig, BertModel
 
 if TYPE_CHECKING:  # transformers is heavy: imported only when a tokenizer is built
     from transformers import PreTrainedTokenizerBase

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtbert.gradients import COMBINERS, Surgery, gram_matrix
+from mtbert.methods.base import COMBINERS, Surgery, gram_matrix
 
 MAX_TASKS = 12  # the dual solve visits the 2^T - 1 faces of the simplex
 

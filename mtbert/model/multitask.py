@@ -9,7 +9,7 @@ calls on B rows (dropout masks differ from two separate calls, nothing else does
 ``shared_pair_layer`` ties the first hidden layer of the para and sts heads into one module
 (paper 003): both heads must have hidden layers and the same first hidden size.
 
-The encoder may also be a ``TaskEncoders`` (``mtbert.merge``: one branch per task over a shared
+The encoder may also be a ``TaskEncoders`` (``mtbert.model.merge``: one branch per task over a shared
 frozen bottom, papers 002-004): each task then runs on its own branch (``encoder_for``), and
 ``encode_all`` runs the shared bottom once for all tasks.
 """
@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbert.bert import BertModel, EncoderOutput, mean_pool
-from mtbert.heads import (
+from mtbert.model.bert import BertModel, EncoderOutput, mean_pool
+from mtbert.model.heads import (
     FEATURES, TASKS, Head, HeadOutput, HeadSpec, Pooled, Prediction, encoding_problem, head_class, new_linear,
 )
-from mtbert.merge import TaskEncoders
+from mtbert.model.merge import TaskEncoders
 from mtbert.registry import Registry
 
 if TYPE_CHECKING:

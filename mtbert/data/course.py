@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from mtbert.tokencache import Encoded, TokenArrays, cached_encode
+from mtbert.data.tokencache import Encoded, TokenArrays, cached_encode
 
 if TYPE_CHECKING:  # transformers is heavy: only its type is needed here
     from transformers import PreTrainedTokenizerBase
@@ -239,7 +239,7 @@ def resolve_data_dir(
         path, source = Path(DEFAULT_DATA_DIR), f"the default (neither data.dir nor ${DATA_ENV} is set)"
     files = [TASK_FILES[task][split] for task, split in needed]
     how = (
-        f"download them with: python -c \"from mtbert.data import fetch_course_data; fetch_course_data('{path}')\", "
+        f"download them with: python -c \"from mtbert.data.course import fetch_course_data; fetch_course_data('{path}')\", "
         f"or point data.dir or ${DATA_ENV} at a folder that holds them"
     )
     if path.exists() and not path.is_dir():
@@ -403,7 +403,7 @@ def load_task(
     max_examples: int | None = None,
     seed: int = 0,
 ) -> TaskDataset:
-    """Read, tokenise (through the cache) and cap one file; see ``mtbert.tokencache`` for the encodings."""
+    """Read, tokenise (through the cache) and cap one file; see ``mtbert.data.tokencache`` for the encodings."""
     report = read_task(data_dir, task, split)
     examples = report.examples
     encoded = cached_encode(

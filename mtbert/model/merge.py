@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from mtbert.bert import BertConfig, BertModel, EncoderOutput, _keep_mask
+from mtbert.model.bert import BertConfig, BertModel, EncoderOutput, _keep_mask
 
 if TYPE_CHECKING:
-    from mtbert.model import MultiTaskModel
+    from mtbert.model.multitask import MultiTaskModel
 
 
 class TaskEncoders(nn.Module):
