@@ -32,7 +32,8 @@ import time
 import torch
 
 from mtbert.config import RunConfig
-from mtbert.train.loop import Trainer, start
+from mtbert.train.loop import Trainer
+from mtbert.train.run import start
 
 METHODS = ("sum", "pcgrad")
 

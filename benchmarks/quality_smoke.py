@@ -21,7 +21,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mtbert.config import load_config, parse_set
+from mtbert.config import parse_set
+from mtbert.validate import load_config
 from mtbert.data.course import read_task, resolve_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]

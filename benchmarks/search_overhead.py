@@ -14,7 +14,7 @@ run one after another, each with every core (``--cpus-per-trial``, default all).
   from entering the trainable function.
 
 Reference, in the same process and the same run: the same trials trained one after another with
-``mtbert.train.loop.train`` and no Ray, which gives the overhead a plain loop already has (model
+``mtbert.train.run.train`` and no Ray, which gives the overhead a plain loop already has (model
 building, the evaluation). Steps inside Ray can run slower than in the plain loop (Ray's own
 processes share the cores), which ``overhead_frac`` counts as training; ``overhead_vs_reference_frac``
 = (wall of ``Tuner.fit`` - the reference's training time) / wall of ``Tuner.fit`` counts it as
@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# The trials get this through Ray (search.engine.tuner.connect); the reference loop here gets the same.
+# The trials get this through Ray (search.engine.session.connect); the reference loop here gets the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
@@ -97,7 +97,7 @@ def write_space(args: argparse.Namespace, folder: Path, steps: int) -> Path:
 
 def calibrate(space, data: dict, seconds: float) -> tuple[int, float]:
     """Steps that take ``seconds`` on this machine: time a few steps of the trainer."""
-    from mtbert.train.loop import start
+    from mtbert.train.run import start
     from search.engine.trainable import data_signature
 
     config = space.base.with_overrides({"train.max_steps": 100_000, "train.eval_every": 100_000})
@@ -113,10 +113,10 @@ def calibrate(space, data: dict, seconds: float) -> tuple[int, float]:
 
 
 def reference(setup, data: dict, trials: int) -> dict:
-    """The same trials with mtbert.train.loop.train in this process, one after another, no Ray."""
+    """The same trials with mtbert.train.run.train in this process, one after another, no Ray."""
     import optuna
 
-    from mtbert.train.loop import train
+    from mtbert.train.run import train
     from search.engine.trainable import StepClock, data_signature
 
     sampler = optuna.samplers.TPESampler(seed=setup.space.tune.seed)
@@ -143,7 +143,11 @@ def main() -> None:
     torch.set_num_threads(args.cpus_per_trial)
     from search.space.file import load_space
     from search.engine.trainable import TrialSetup, fixed_settings, prepare_shared, share, space_signatures
-    from search.engine.tuner import Launch, TrialStarts, build_tuner, connect, experiment_dir, load_results, max_t
+    from search.engine.session import connect
+    from search.engine.trial_starts import TrialStarts
+    from search.engine.tuner import build_tuner, max_t
+    from search.launch import Launch, experiment_dir
+    from search.results import load_results
 
     folder = Path(tempfile.mkdtemp(prefix="search-overhead-"))
     probe = load_space(write_space(args, folder, 10), profile="cpu")

@@ -27,7 +27,10 @@ import torch
 
 from mtbert.config import RunConfig
 from mtbert.data.course import read_task, resolve_data_dir
-from mtbert.train.loop import DATA_TASK, Trainer, build_run, loss_spec, prepare_data
+from mtbert.tasks import DATA_TASK
+from mtbert.data.prepare import prepare_data
+from mtbert.train.multitask import multitask_trainer
+from mtbert.train.run import build_run
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,7 +55,7 @@ def config_for(args: argparse.Namespace) -> RunConfig:
 
 def trainer_step(config: RunConfig) -> Callable[[], int]:
     model, tokenizer = build_run(config)
-    trainer = Trainer(config, model, tokenizer, prepare_data(config, tokenizer))
+    trainer = multitask_trainer(config, model, tokenizer, prepare_data(config, tokenizer))
 
     def step() -> int:
         before = trainer.samples
@@ -66,7 +69,7 @@ def reference_step(config: RunConfig) -> Callable[[], int]:
     """The starter's way: HF BertModel, tokenise per batch, pad per batch, random batches."""
     import transformers
 
-    from mtbert.train.losses import build_loss
+    from mtbert.train.losses import task_loss
     from mtbert.model.pretrained import resolve_source
 
     model, tokenizer = build_run(config)  # the same heads, freshly initialised from the same seed
@@ -74,7 +77,7 @@ def reference_step(config: RunConfig) -> Callable[[], int]:
         str(resolve_source(config.model.encoder)), attn_implementation="sdpa"
     )
     model.train()
-    losses = {t: build_loss(t, model.head(t), loss_spec(config, t)) for t in ("sst", "para", "sts")}
+    losses = {t: task_loss(config, t, model.head(t)) for t in ("sst", "para", "sts")}
     folder = resolve_data_dir(config.data.dir)
     g = torch.Generator().manual_seed(config.train.seed)
     max_length = config.data.max_length

@@ -12,21 +12,17 @@ prints the command that resumes it; a second Ctrl-C stops at once).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from mtbert.tasks import QUORA_NOTE
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
-QUORA_NOTE = (
-    "note: all-MiniLM-L6-v2 was trained on sentence pairs that include Quora duplicate questions, "
-    "so its paraphrase (Quora) score is optimistic next to an encoder that never saw them"
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def data_main(argv: list[str]) -> int:
-    from mtbert.data.course import REQUIRED_FILES, TASK_FILES, DataError, fetch_course_data, read_task, resolve_data_dir
+    from mtbert.data.check import check_files
+    from mtbert.data.course import DataError, fetch_course_data, resolve_data_dir
 
     args = data_parser().parse_args(argv)
     try:
@@ -74,20 +71,15 @@ def data_main(argv: list[str]) -> int:
             for path in fetch_course_data(args.dest):
                 print(path)
             return 0
-        folder = resolve_data_dir(args.dir)
         bad, unusable = 0, []
-        for task, splits in TASK_FILES.items():
-            for split in splits:
-                path = folder / splits[split]
-                if not path.exists() and (task, split) not in REQUIRED_FILES:
-                    print(f"{path}: absent (optional: {task} {split})")
-                    continue
-                try:
-                    report = read_task(folder, task, split)
-                except DataError as e:
-                    print(f"mtbert-train data: error: {task} {split}: {e}", file=sys.stderr)
-                    unusable.append(str(path))
-                    continue
+        for file in check_files(resolve_data_dir(args.dir)):
+            if file.absent:
+                print(f"{file.path}: absent (optional: {file.task} {file.split})")
+            elif file.error is not None:
+                print(f"mtbert-train data: error: {file.task} {file.split}: {file.error}", file=sys.stderr)
+                unusable.append(str(file.path))
+            else:
+                report = file.report
                 bad += len(report.malformed)
                 print(f"{report.path}: {len(report.examples)} rows, {len(report.malformed)} malformed")
                 for row in report.malformed:
@@ -103,27 +95,29 @@ def data_main(argv: list[str]) -> int:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from mtbert.train.checkpoint import CheckpointError
-    from mtbert.config import ConfigError, load_config, parse_set
+    from mtbert.config.fields import ConfigError
+    from mtbert.config.run import parse_set
     from mtbert.data.course import DataError, resolve_data_dir
     from mtbert.model.pretrained import DEFAULT_ENCODER, EncoderLoadError
+    from mtbert.train.checkpoint import CheckpointError
+    from mtbert.train.device import resolve_device
+    from mtbert.train.run import check_out_dir, open_run
+    from mtbert.validate import load_config
 
     try:  # everything that can be wrong with the input is found before training starts
         config = load_config(args.config, parse_set(args.overrides))
         check_out_dir(config.train.out_dir)
         resolve_data_dir(config.data.dir)
-        from mtbert.train.loop import open_run, resolve_device
-
         resolve_device(config.train.device)
-
         run = open_run(config, args.resume)
     except (ConfigError, DataError, EncoderLoadError, CheckpointError) as e:
         print(f"mtbert-train: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from mtbert.predict import final_evaluation
     from mtbert.train.loop import TrainingInterrupted
+    from mtbert.train.summary import run_summary
 
-    tokenizer, data = run.tokenizer, run.data
-    for row in data.malformed:
+    for row in run.data.malformed:
         print(f"malformed row skipped: {row}", file=sys.stderr)
     out_dir = Path(config.train.out_dir)
     bar = None
@@ -146,41 +140,22 @@ def train_main(args: argparse.Namespace) -> int:
     finally:
         if bar:
             bar.close()
-    selection = {k: result.metrics[k] for k in ("sst_acc", "para_acc", "para_f1", "sts_pearson", "sts_spearman", "overall")}
-    final = config.train.final_eval
-    if result.checkpoint is None:  # resumed from a checkpoint whose run's best was not found beside it
+    final = None
+    if result.checkpoint is None:  # resumed, and the run's best was not found beside the checkpoint
         print(f"mtbert-train: the best evaluation (step {result.best_step}) has no checkpoint: it was not found "
               f"beside {args.resume}, and no later evaluation beat it; no final evaluation", file=sys.stderr)
-        final = False
-    try:
-        if final:
-            full, confusion, predictions = final_evaluation(result.checkpoint, config, tokenizer, run.device)
-        else:
-            full, confusion, predictions = selection, result.sst_confusion, None
-    except KeyboardInterrupt:
-        return interrupted(args, kept_checkpoint(args, out_dir, started), "in the final evaluation (training is done)")
-    summary = {
-        **full,  # the best checkpoint on the full dev sets (train.final_eval), else as selected
-        "best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early,
-        "train_samples_per_s": round(result.train_samples_per_s, 2),
-        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "predictions": str(predictions) if predictions else None,
-        "dev": "full" if final else "selection",
-        # what chose the best step: evaluations on data.max_eval_per_task dev examples per task
-        "selection_metrics": selection,
-        "selection_dev_examples": {t: len(ds) for t, ds in data.dev.items()},
-        "malformed_rows": len(data.malformed),
-        # gradient-conflict figures (grad.diagnose_every), averaged over the evaluations' intervals
-        "grad_conflict": grad_figures(result.history),
-        "mlm": [dataclasses.asdict(m) for m in run.mlm],
-        "merged": merged_serving(run),
-    }  # fmt: skip
+    elif config.train.final_eval:
+        try:
+            final = final_evaluation(result.checkpoint, config, run.tokenizer, run.device)
+        except KeyboardInterrupt:
+            return interrupted(args, kept_checkpoint(args, out_dir, started), "in the final evaluation (training is done)")
+    summary = run_summary(run, result, final)
     if args.json:
         from mtbert.evaluate import strict_json
 
         print(strict_json(summary))
     else:
-        print_table(summary, confusion)
+        print_table(summary, final.sst_confusion if final else result.sst_confusion)
     if config.model.encoder == DEFAULT_ENCODER:
         print(QUORA_NOTE, file=sys.stderr)
     return 0
@@ -244,71 +219,6 @@ def resume_command(args: argparse.Namespace, last: Path) -> str:
     words = ["mtbert-train", args.config, *[a for o in args.overrides for a in ("--set", o)], "--resume", str(last)]
     words += [flag for flag, on in (("--json", args.json), ("--no-progress", args.no_progress)) if on]
     return shlex.join(words)
-
-
-def check_out_dir(out_dir: str) -> None:
-    """``train.out_dir`` must be a folder, or creatable: found now, not at the first save."""
-    from mtbert.config import ConfigError
-
-    path = Path(out_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ConfigError("train.out_dir", f"is {str(path)!r}, which is a file; it must be a folder (for best/ and last/)")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError("train.out_dir", f"is {str(path)!r}, but {parent} is a file, so the folder cannot be made")
-    try:  # a real write, where the folder would be made: permission bits alone miss read-only mounts
-        tempfile.TemporaryDirectory(dir=parent).cleanup()
-    except OSError as e:
-        raise ConfigError("train.out_dir", f"is {str(path)!r}, but {parent} is not writable ({e.strerror or e})") from None
-
-
-def merged_serving(run) -> dict | None:
-    """After a specialist phase: the merged model's compute against running one model per task,
-    for the SST dev sentences at their own lengths (paper 004)."""
-    from mtbert.model.merge import TaskEncoders, compute_report
-
-    if not isinstance(run.model.encoder, TaskEncoders):
-        return None
-    report = compute_report(run.model.encoder, run.data.dev["sst"].lengths())
-    return {"shared_depth": report.shared_depth, "layers": report.num_layers, "saved": round(report.saved, 4),
-            "text": str(report)}
-
-
-def grad_figures(history: list[dict]) -> dict[str, float]:
-    """Each gradient-conflict figure's mean over the run's evaluations that have it."""
-    keys = sorted({k for m in history for k in m if k.startswith("grad_")})
-    return {k: round(sum(vals) / len(vals), 4) for k in keys if (vals := [m[k] for m in history if k in m])}
-
-
-def final_evaluation(checkpoint: Path, config, tokenizer, device) -> tuple[dict, list[list[int]], Path]:
-    """The best checkpoint on the full dev sets (metrics, SST confusion) and its dev and test
-    predictions in the course's submission format, under ``<checkpoint>/predictions``."""
-    from mtbert.train.checkpoint import load_checkpoint
-    from mtbert.data.course import DataError, resolve_data_dir
-    from mtbert.evaluate import Scores, confusion_matrix, prediction_filename
-    from mtbert.evaluate import write_predictions as write_file
-    from mtbert.train.loop import TASKS, load_split, predict
-
-    model, _, _, _ = load_checkpoint(checkpoint, device)
-    out = checkpoint / "predictions"
-    out.mkdir(exist_ok=True)
-    folder = resolve_data_dir(config.data.dir)
-    pairs = {}
-    for task in TASKS:
-        for split in ("dev", "test"):
-            try:
-                ds = load_split(config, tokenizer, task, split, data_dir=folder)
-            except DataError as e:  # e.g. no Quora test file in this data folder
-                print(f"no {task} {split} predictions: {e}", file=sys.stderr)
-                continue
-            ids, preds, gold = predict(model, task, ds, device)
-            write_file(out / prediction_filename(task, split), task, ids, preds.tolist())
-            if split == "dev":
-                pairs[task] = (preds.double().numpy(), gold.double().numpy())
-    scores = Scores.compute(**pairs)
-    return scores.as_dict(), confusion_matrix(*pairs["sst"]).tolist(), out
 
 
 def print_table(summary: dict, confusion: list[list[int]] | None) -> None:

@@ -6,7 +6,7 @@ A member's output for a task is one value per example, stacked over M members:
 - ``para`` (M, N)    P(paraphrase)
 - ``sts``  (M, N)    similarity score in [0, 5]
 
-A combiner (``COMBINERS[task]``, by name) turns those and member weights (M,) into labels (N,)
+A rule (``RULES[task]``, by name) turns those and member weights (M,) into labels (N,)
 in label space, as ``labels`` does for one member:
 
 - sst ``mean_probs``: the weighted mean of the class probabilities, then its argmax;
@@ -37,13 +37,13 @@ from torch import Tensor
 
 from mtbert.evaluate import accuracy, pearson
 from mtbert.registry import Registry
+from mtbert.tasks import TASKS
 
-TASKS = ("sst", "para", "sts")
 DEFAULT_ROUNDS = 25
-DEFAULT_COMBINERS = {"sst": "mean_probs", "para": "mean", "sts": "mean"}
+DEFAULT_RULES = {"sst": "mean_probs", "para": "mean", "sts": "mean"}
 
-Combiner = Callable[[Tensor, Tensor], Tensor]  # (outputs (M, N, ...), weights (M,)) -> labels (N,)
-COMBINERS: dict[str, Registry[Combiner]] = {task: Registry(f"{task} combiner") for task in TASKS}
+Rule = Callable[[Tensor, Tensor], Tensor]  # (outputs (M, N, ...), weights (M,)) -> labels (N,)
+RULES: dict[str, Registry[Rule]] = {task: Registry(f"{task} combiner") for task in TASKS}
 
 
 def labels(task: str, output: Tensor) -> Tensor:
@@ -56,7 +56,7 @@ def labels(task: str, output: Tensor) -> Tensor:
 
 
 def combine(task: str, name: str, outputs: Tensor, weights: Tensor) -> Tensor:
-    """Labels (N,) of the members' ``outputs`` (M, N, ...) combined by ``COMBINERS[task][name]``."""
+    """Labels (N,) of the members' ``outputs`` (M, N, ...) combined by ``RULES[task][name]``."""
     w = torch.as_tensor(weights, dtype=torch.float64)
     if w.shape != (len(outputs),) or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights are {w.tolist()}, but must be {len(outputs)} non-negative numbers, not all 0")
@@ -68,23 +68,23 @@ def _mean(outputs: Tensor, w: Tensor) -> Tensor:
     return torch.tensordot(w, outputs, dims=1)  # (N, ...)
 
 
-@COMBINERS["sst"].register("mean_probs")
+@RULES["sst"].register("mean_probs")
 def sst_mean_probs(outputs: Tensor, w: Tensor) -> Tensor:
     return _mean(outputs, w).argmax(dim=-1)
 
 
-@COMBINERS["sst"].register("round_mean")
+@RULES["sst"].register("round_mean")
 def sst_round_mean(outputs: Tensor, w: Tensor) -> Tensor:
     classes = outputs.argmax(dim=-1).double()  # (M, N)
     return torch.round(_mean(classes, w)).long()
 
 
-@COMBINERS["para"].register("mean")
+@RULES["para"].register("mean")
 def para_mean(outputs: Tensor, w: Tensor) -> Tensor:
     return (_mean(outputs, w) > 0.5).long()
 
 
-@COMBINERS["para"].register("vote")
+@RULES["para"].register("vote")
 def para_vote(outputs: Tensor, w: Tensor) -> Tensor:
     share = _mean((outputs > 0.5).double(), w)  # (N,) weighted share of members saying "paraphrase"
     # compared with a tolerance: weights that sum to 1 leave a tie an ulp off 0.5
@@ -92,7 +92,7 @@ def para_vote(outputs: Tensor, w: Tensor) -> Tensor:
     return torch.where(tie, para_mean(outputs, w), (share > 0.5).long())
 
 
-@COMBINERS["sts"].register("mean")
+@RULES["sts"].register("mean")
 def sts_mean(outputs: Tensor, w: Tensor) -> Tensor:
     return _mean(outputs, w)
 
@@ -126,7 +126,7 @@ def greedy_select(task: str, outputs: Tensor, gold: Tensor, combiner: str | None
         raise ValueError(f"max_rounds is {max_rounds}, but must be >= 1")
     if len(outputs) == 0:
         raise ValueError("outputs hold no member; an ensemble needs at least one")
-    name = combiner or DEFAULT_COMBINERS[task]
+    name = combiner or DEFAULT_RULES[task]
     _registry(task).get(name)  # an unknown name fails before any work
 
     def value(counts: Tensor) -> float:
@@ -148,7 +148,7 @@ def greedy_select(task: str, outputs: Tensor, gold: Tensor, combiner: str | None
     return Selection(tuple(int(c) for c in counts.tolist()), history[-1], tuple(history))
 
 
-def _registry(task: str) -> Registry[Combiner]:
-    if task not in COMBINERS:
+def _registry(task: str) -> Registry[Rule]:
+    if task not in RULES:
         raise ValueError(f"task is {task!r}, but must be one of: {', '.join(TASKS)}")
-    return COMBINERS[task]
+    return RULES[task]

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Generic, Iterator, TypeVar
+
+from mtbert.errors import unknown_name
 
 T = TypeVar("T")
 
@@ -37,9 +38,7 @@ class Registry(Generic[T]):
             raise ValueError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: object) -> str:
-        close = difflib.get_close_matches(str(name), self._entries, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown {self.key} {name!r}{hint}; choose from: {', '.join(sorted(self._entries))}"
+        return unknown_name(self.key, name, self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -6,14 +6,14 @@
     mtbert-search status DIR [--format text|csv|markdown]
     mtbert-search ensemble DIR [--top-k K] [--retrain-seeds S] --out OUT [--json]
     mtbert-search report DIR --out OUT
+    mtbert-search cluster check [CLUSTER.yaml]
 
 Exit codes: 0 done, 2 bad input (found before Ray starts or any folder is made; also a search
 folder that another command is writing into), 1 failure, 130 interrupted (Ctrl-C: ``resume`` goes on).
 The commands that write into a search folder (a search, ``resume``, ``ensemble --retrain-seeds``)
 hold its lock (``search.lock``) while they run; ``status``, ``export`` and ``report`` only read.
 Every ``--json`` output is strict JSON (NaN and infinities as null).
-The Ray-facing work is in ``search.engine.tuner``, ``search.engine.trainable`` and ``search.ensemble``; this
-module parses and prints.
+The Ray-facing work is in ``search.engine``; this module parses and prints.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from search.errors import SearchError, SearchInterrupted, SpaceError
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
-COMMANDS = ("resume", "export", "status", "ensemble", "report")
+COMMANDS = ("resume", "export", "status", "ensemble", "report", "cluster")
 TASK_ROWS = (
     ("sst", "accuracy", "sst_acc"), ("para (Quora)", "accuracy", "para_acc"), ("para (Quora)", "F1", "para_f1"),
     ("sts", "Pearson r", "sts_pearson"), ("sts", "Spearman rho", "sts_spearman"),
@@ -44,7 +46,7 @@ def search_parser() -> argparse.ArgumentParser:
         epilog="Other commands: 'mtbert-search resume DIR', 'mtbert-search export DIR --out OUT [--top-k K]', "
         "'mtbert-search status DIR [--format text|csv|markdown]', "
         "'mtbert-search ensemble DIR [--top-k K] [--retrain-seeds S] --out OUT [--json]', "
-        "'mtbert-search report DIR --out OUT'.",
+        "'mtbert-search report DIR --out OUT', 'mtbert-search cluster check [CLUSTER.yaml]'.",
     )
     p.add_argument("space", help="search space YAML: a run config plus search: and tune: sections")
     p.add_argument(
@@ -65,6 +67,13 @@ def search_parser() -> argparse.ArgumentParser:
 
 def command_parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"mtbert-search {command}")
+    if command == "cluster":
+        p.description = ("Check a Ray cluster config before 'ray up': the dashboard on the loopback only, token "
+                         "authentication on, no trial on the head, the pinned Ray image and installs; one line per "
+                         "problem (exit 2), none when it is safe.")  # fmt: skip
+        p.add_argument("action", choices=("check",))
+        p.add_argument("file", nargs="?", default="cluster.yaml", help="the cluster config (default cluster.yaml)")
+        return p
     p.add_argument("dir", help="a search folder: <tune.storage_path>/<tune.name>")
     if command == "resume":
         p.description = "Continue an interrupted search: unfinished and errored trials, the Optuna study, new trials."
@@ -90,7 +99,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
 
 
 def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
-    from mtbert.ensemble import COMBINERS, DEFAULT_COMBINERS, DEFAULT_ROUNDS
+    from mtbert.ensemble import DEFAULT_ROUNDS, DEFAULT_RULES, RULES
 
     p.description = (
         "Combine the best trials of a search into one predictor per task: members and weights chosen "
@@ -102,8 +111,8 @@ def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
                    "through Ray (default 0)")  # fmt: skip
     p.add_argument("--out", required=True, help="folder for report.json, the prediction files and members/")
     for task in ("sst", "para"):
-        default = DEFAULT_COMBINERS[task]
-        p.add_argument(f"--{task}", choices=list(COMBINERS[task]), default=default,
+        default = DEFAULT_RULES[task]
+        p.add_argument(f"--{task}", choices=list(RULES[task]), default=default,
                        help=f"how {task} predictions combine (default {default})")  # fmt: skip
     p.add_argument("--max-rounds", type=int, default=DEFAULT_ROUNDS,
                    help=f"most picks per task in the selection (default {DEFAULT_ROUNDS})")  # fmt: skip
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             command = argv[0]
             args = command_parser(command).parse_args(argv[1:])
             mains = {"resume": resume_main, "export": export_main, "status": status_main, "ensemble": ensemble_main,
-                     "report": report_main}  # fmt: skip
+                     "report": report_main, "cluster": cluster_main}  # fmt: skip
             return mains[command](args)
         args = search_parser().parse_args(argv)
         args.argv = argv
@@ -138,9 +147,10 @@ def bad_input(error: Exception) -> int:
 
 
 def search_main(args: argparse.Namespace) -> int:
-    from mtbert.config import ConfigError, parse_set
-    from mtbert.data.course import DataError, resolve_data_dir
-    from search.space.file import SpaceError, load_space
+    from mtbert import ConfigError, DataError
+    from mtbert.config import parse_set
+    from mtbert.data.course import resolve_data_dir
+    from search.space.file import load_space
 
     # Everything that can be wrong with the input is found here, before Ray starts or a folder is made.
     try:
@@ -150,8 +160,15 @@ def search_main(args: argparse.Namespace) -> int:
         text = Path(args.space).read_text()
     except (SpaceError, ConfigError, DataError) as e:
         return bad_input(e)
-    from search.engine.tuner import (Launch, SearchError, check_address, check_local_gpus, claim_folder, experiment_dir,
-                              read_data, search_setup)  # fmt: skip
+    from search.launch import (
+        Launch,
+        check_address,
+        check_local_gpus,
+        claim_folder,
+        experiment_dir,
+        read_data,
+        search_setup,  # fmt: skip
+    )
 
     out = sys.stderr if args.json else sys.stdout
     try:  # the data and the cluster too: found before Ray starts or a folder is made
@@ -179,7 +196,7 @@ def search_main(args: argparse.Namespace) -> int:
         for note in space.notes:
             print(note, file=out)
         launch = Launch(args.space, dict(overrides), space.profile, args.smoke)  # resume loads the space the same way
-        from search.engine.tuner import run_search
+        from search.launch import run_search
 
         run = functools.partial(run_search, space, launch, text, setup, data, address=args.address)
         return run_and_report(run, space, args.json, experiment_dir(space))
@@ -197,7 +214,6 @@ def resume_command(experiment: Path) -> str:
 
 def report_main(args: argparse.Namespace) -> int:
     from search.report import write_report
-    from search.engine.tuner import SearchError
 
     try:
         page = write_report(args.dir, args.out, log=lambda line: print(line, file=sys.stderr))
@@ -207,10 +223,22 @@ def report_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def cluster_main(args: argparse.Namespace) -> int:
+    from search.cluster import check
+
+    found = check(args.file)
+    for line in found:
+        print(line, file=sys.stderr)
+    if found:
+        return EXIT_BAD_INPUT
+    print(f"{args.file}: safe")
+    return 0
+
+
 def resume_main(args: argparse.Namespace) -> int:
-    from mtbert.data.course import DataError, resolve_data_dir
-    from search.space.file import SpaceError
-    from search.engine.tuner import SearchError, check_address, check_local_gpus, lock_search, resume_search, saved_space
+    from mtbert import DataError
+    from mtbert.data.course import resolve_data_dir
+    from search.launch import check_address, check_local_gpus, lock_search, resume_search, saved_space
 
     experiment = Path(args.dir).expanduser().resolve()
     try:
@@ -231,8 +259,10 @@ def resume_main(args: argparse.Namespace) -> int:
 def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int:
     """Run the search (``run(log=...)``; its progress on stdout, or stderr with --json), then print
     the best trial; after Ctrl-C, how far it got and how to go on (exit 130)."""
-    from mtbert.data.course import DataError
-    from search.engine.tuner import SearchError, SearchInterrupted, load_results, strict_json, summarize
+    from mtbert import DataError
+    from mtbert.evaluate import strict_json
+    from search.results import load_results
+    from search.summary import summarize
 
     out = sys.stderr if as_json else sys.stdout
 
@@ -264,7 +294,8 @@ def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int
 def report_interrupted(space: Any, as_json: bool, experiment: Path, saved: bool) -> int:
     """What an interrupted search did: its trials by state, the best so far labelled provisional
     (no summary.json: that is written when a search ends), and the command that continues it."""
-    from search.engine.tuner import SearchError, load_results, strict_json
+    from mtbert.evaluate import strict_json
+    from search.results import load_results
 
     try:
         results = load_results(experiment)
@@ -303,8 +334,8 @@ def report_interrupted(space: Any, as_json: bool, experiment: Path, saved: bool)
 
 
 def note_quora(space: Any, best: dict[str, Any]) -> None:
-    from mtbert.cli import QUORA_NOTE
-    from mtbert.model.pretrained import DEFAULT_ENCODER
+    from mtbert import DEFAULT_ENCODER
+    from mtbert.tasks import QUORA_NOTE
 
     encoder = best["params"].get("model.encoder", space.base.model.encoder)
     if encoder == DEFAULT_ENCODER:
@@ -344,7 +375,6 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def export_main(args: argparse.Namespace) -> int:
     from search.export import export
-    from search.engine.tuner import SearchError
 
     try:
         space = _space_or_none(args.dir)
@@ -359,8 +389,8 @@ def export_main(args: argparse.Namespace) -> int:
 
 
 def status_main(args: argparse.Namespace) -> int:
+    from search.results import load_results
     from search.status import render, table
-    from search.engine.tuner import SearchError, load_results
 
     try:
         space = _space_or_none(args.dir)
@@ -374,9 +404,10 @@ def status_main(args: argparse.Namespace) -> int:
 
 
 def ensemble_main(args: argparse.Namespace) -> int:
-    from mtbert.train.checkpoint import CheckpointError
+    from mtbert import CheckpointError
+    from mtbert.evaluate import strict_json
     from search.ensemble import build, plan, print_report
-    from search.engine.tuner import SearchError, check_address, lock_search, strict_json
+    from search.launch import check_address, lock_search
 
     try:  # everything that can be wrong with the input is found before Ray starts or a file is written
         request = plan(args.dir, args.out, args.top_k, args.retrain_seeds, {"sst": args.sst, "para": args.para},
@@ -417,8 +448,7 @@ def ensemble_main(args: argparse.Namespace) -> int:
 
 def _space_or_none(directory: str) -> Any:
     """The search's space, to show sampled settings with their real values; None if it no longer loads."""
-    from search.space.file import SpaceError
-    from search.engine.tuner import saved_space
+    from search.launch import saved_space
 
     try:
         return saved_space(directory)[0]

@@ -12,7 +12,7 @@
 Members are the top K trials by the search metric, each its best checkpoint (named by its trial
 id). With ``--retrain-seeds S`` each of their configs is also trained again to its full budget
 (trials ASHA stopped never reached it) with S new seeds (``<trial id>-seed<n>``): one Ray Tune
-trial per (trial, seed), through ``search.engine.trainable.run_trial`` with the search's resources and
+trial per (trial, seed), through ``search.engine.retrain`` (``run_trial``) with the search's resources and
 concurrency, each member its best checkpoint by the search metric. The originals stay candidates.
 
 Every member predicts the full dev sets and the test sets; ``mtbert.ensemble.greedy_select`` then
@@ -33,8 +33,11 @@ from typing import Any
 
 import torch
 
+from search.engine.trainable import TrialSetup, fixed_settings
+from search.errors import SearchError, SpaceError
 from search.export import check_out_folder
-from search.engine.tuner import SearchError, TrialRecord, load_results
+from search.launch import saved_space
+from search.results import TrialRecord, load_results
 
 REPORT_FILE = "report.json"
 MEMBERS_DIR = "members"
@@ -94,7 +97,7 @@ class Outputs:
 def plan(experiment: str | Path, out: str | Path, top_k: int = 3, seeds: int = 0,
          combiners: dict[str, str] | None = None, max_rounds: int | None = None) -> Plan:  # fmt: skip
     """Check everything about a request before any work starts; ``SearchError`` says what is wrong."""
-    from mtbert.ensemble import COMBINERS, DEFAULT_COMBINERS, DEFAULT_ROUNDS
+    from mtbert.ensemble import DEFAULT_ROUNDS, DEFAULT_RULES, RULES
 
     if top_k < 1:
         raise SearchError(f"--top-k is {top_k}, but must be >= 1")
@@ -103,10 +106,10 @@ def plan(experiment: str | Path, out: str | Path, top_k: int = 3, seeds: int = 0
     max_rounds = DEFAULT_ROUNDS if max_rounds is None else max_rounds
     if max_rounds < 1:
         raise SearchError(f"--max-rounds is {max_rounds}, but must be >= 1")
-    combiners = {**DEFAULT_COMBINERS, **(combiners or {})}
+    combiners = {**DEFAULT_RULES, **(combiners or {})}
     for task, name in combiners.items():
-        if name not in COMBINERS[task]:
-            raise SearchError(f"--{task} is {name!r}, but must be one of: {', '.join(COMBINERS[task])}")
+        if name not in RULES[task]:
+            raise SearchError(f"--{task} is {name!r}, but must be one of: {', '.join(RULES[task])}")
     out = Path(out).expanduser().resolve()
     check_out_folder(out, f"{REPORT_FILE}, the prediction files and {MEMBERS_DIR}/: new, or one an ensemble run "
                           "left unfinished")  # fmt: skip
@@ -132,10 +135,8 @@ def plan(experiment: str | Path, out: str | Path, top_k: int = 3, seeds: int = 0
 def _check_members(p: Plan) -> None:
     """Each member's checkpoint as loading checks it (no tensor read), and the data it predicts;
     with retraining, the search's saved space that the retrained runs start from."""
-    from mtbert.train.checkpoint import CheckpointError, check_checkpoint
-    from mtbert.data.course import DataError, resolve_data_dir
-    from search.space.file import SpaceError
-    from search.engine.tuner import saved_space
+    from mtbert import CheckpointError, DataError, check_checkpoint
+    from mtbert.data.course import resolve_data_dir
 
     configs = {}
     for t in p.trials:
@@ -186,8 +187,8 @@ def members_of(p: Plan) -> list[Member]:
 
 
 def _trial_seed(trial: TrialRecord) -> int:
+    from mtbert import load_config
     from mtbert.train.checkpoint import CONFIG_FILE
-    from mtbert.config import load_config
 
     return load_config(trial.checkpoint / CONFIG_FILE).train.seed
 
@@ -237,26 +238,11 @@ def build(p: Plan, *, address: str | None = None, log: Log = print) -> dict[str,
 # ---- retraining through Ray Tune -----------------------------------------------------------------
 
 
-def retrain_trial(config: dict[str, Any], *, setup: Any, params: dict[str, dict], seeds: dict[str, int],
-                  data: dict | None = None) -> None:  # fmt: skip
-    """One (trial, seed) of the grid: the trial's sampled settings, ``train.seed`` its own seed
-    plus the grid's ``seed_offset``."""
-    from search.engine.trainable import TrialSetup, run_trial
-
-    trial = config["search_trial"]
-    seeded = TrialSetup(setup.space, {**setup.fixed, "train.seed": seeds[trial] + config["seed_offset"]})
-    run_trial(params[trial], setup=seeded, data=data)
-
-
 def retrain(p: Plan, *, address: str | None = None,
             log: Log = print) -> tuple[dict[str, tuple[Path, float]], dict[str, str]]:  # fmt: skip
     """Train every (trial, seed) of the plan as a Ray Tune grid in ``OUT/retrain`` (continuing an
     interrupted one); returns ``{member name: (best checkpoint, its score)}`` and ``{member name: error}``."""
-    from ray import tune
-
-    from search.engine.retention import drop_kept
-    from search.engine.trainable import TrialSetup, fixed_settings, prepare_shared, share
-    from search.engine.tuner import build_trainable, ray_session, restore_tuner, run_config, saved_space, trial_dirname
+    from search.engine.retrain import retrain_grid
 
     space, launch = saved_space(p.experiment)
     setup = TrialSetup(space, launch.fixed or fixed_settings(space))
@@ -265,38 +251,18 @@ def retrain(p: Plan, *, address: str | None = None,
     seeds = {trial.trial_id: _trial_seed(trial) for trial in p.trials}
     offsets = list(range(1, p.seeds + 1))
     folder = p.out / RETRAIN_DIR
-    with ray_session(address):
-        configs = [TrialSetup(space, {**setup.fixed, "train.seed": seeds[tid] + k}).config(params[tid])
-                   for tid in params for k in offsets]  # fmt: skip
-        refs = share(prepare_shared(configs))
-        trainable = build_trainable(setup, refs, retrain_trial, params=params, seeds=seeds)
-        log(f"retraining {len(params)} trial(s) x {p.seeds} seed(s) to their full budget in {folder}")
-        if tune.Tuner.can_restore(str(folder)):
-            tuner = restore_tuner(folder, trainable, log)
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / RETRAIN_FILE).write_text(json.dumps(_retrain_request(p), indent=2))
-            # one grid point per (trial, seed): the seed of the trial's own run plus 1 ... S
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"search_trial": tune.grid_search(list(params)), "seed_offset": tune.grid_search(offsets)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=t.max_concurrent, reuse_actors=True,
-                                            trial_dirname_creator=trial_dirname),
-                run_config=run_config(space, RETRAIN_DIR, p.out),
-            )  # fmt: skip
-        grid = tuner.fit()
-    drop_kept(folder)
+    grid = retrain_grid(setup, params, seeds, offsets, folder, _retrain_request(p), RETRAIN_FILE, address=address,
+                        log=log)  # fmt: skip
     checkpoints, failed = {}, {}
-    for result in grid:
-        trial = result.config["search_trial"]
-        name = f"{trial}-seed{seeds[trial] + result.config['seed_offset']}"
-        scored = [(c, m[t.metric]) for c, m in (result.best_checkpoints or []) if m.get(t.metric) is not None]
-        if result.error is not None or not scored:
-            failed[name] = str(result.error or "no checkpoint").splitlines()[0]
-            log(f"member {name}: retraining failed ({failed[name]}; see {result.path}); left out")
+    for run in grid:
+        name = f"{run.trial_id}-seed{seeds[run.trial_id] + run.seed_offset}"
+        scored = [(c, m[t.metric]) for c, m in run.checkpoints if m.get(t.metric) is not None]
+        if run.error is not None or not scored:
+            failed[name] = (run.error if run.error is not None else "no checkpoint").splitlines()[0]
+            log(f"member {name}: retraining failed ({failed[name]}; see {run.path}); left out")
             continue
         best, score = (max if t.mode == "max" else min)(scored, key=lambda cs: cs[1])
-        checkpoints[name] = (Path(best.path), float(score))
+        checkpoints[name] = (best, float(score))
     return checkpoints, failed
 
 
@@ -306,11 +272,13 @@ def retrain(p: Plan, *, address: str | None = None,
 def predict_member(member: Member, experiment: Path, folder: Path) -> Outputs:
     """A member's outputs on the full dev and test sets, written to ``folder`` (atomically: a
     temporary sibling, then a rename) and returned."""
-    from mtbert.train.checkpoint import load_checkpoint
-    from mtbert.data.course import DataError, resolve_data_dir
-    from mtbert.train.loop import TASKS, load_split, predict_outputs, resolve_device
+    from mtbert import DataError, load_checkpoint, predict_outputs, resolve_device
+    from mtbert.data.course import resolve_data_dir
+    from mtbert.data.prepare import load_split
+    from mtbert.tasks import TASKS
 
-    model, tokenizer, config, _ = load_checkpoint(member.checkpoint)
+    loaded = load_checkpoint(member.checkpoint)
+    model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     device = resolve_device(config.train.device)
     model.to(device)
     bf16 = config.train.bf16 and device.type == "cuda"
@@ -384,11 +352,10 @@ def read_outputs(folder: Path, experiment: Path, member: Member) -> Outputs | No
 def combine_members(p: Plan, members: list[Member], outputs: list[Outputs]) -> dict[str, Any]:
     """Select per task on dev, score members and the ensemble on the full dev sets, write the
     ensemble's prediction files into ``p.out``; returns the report."""
-    from mtbert.cli import QUORA_NOTE
+    from mtbert import DEFAULT_ENCODER
     from mtbert.ensemble import combine, greedy_select, labels
     from mtbert.evaluate import Scores, write_submission
-    from mtbert.model.pretrained import DEFAULT_ENCODER
-    from mtbert.train.loop import TASKS
+    from mtbert.tasks import QUORA_NOTE, TASKS
 
     if not members:
         raise RuntimeError("no member has outputs to combine (every retraining failed, and no checkpoint was given)")

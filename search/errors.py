@@ -1,9 +1,11 @@
-"""The one error a space file raises: it names the file, the key path and what is allowed."""
+"""The one error a space file raises: it names the file, the key path and what is allowed.
+
+Its words (``show``, ``did_you_mean``, ``unknown_setting``) are ``mtbert.errors``', so a mistake in a
+space file reads as the same mistake in a run config does.
+"""
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -19,15 +21,13 @@ class SpaceError(ValueError):
         super().__init__(f"{self.path}: {key}: {message}")
 
 
-def did_you_mean(name: object, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+class SearchError(ValueError):
+    """Bad input to a search command (a folder that holds no search, say); the message says why."""
 
 
-def show(value: object) -> str:
-    """A value as the user wrote it: strings quoted, the rest as YAML would print it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    return repr(value) if isinstance(value, str) else str(value)
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended a search after its trials were stopped and its state saved: ``resume`` goes on."""
+
+    def __init__(self, experiment: Path):
+        super().__init__(str(experiment))
+        self.experiment = experiment

@@ -27,15 +27,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from search.engine.tuner import (
-    SCORE_KEYS,
-    TRAINING_ITERATION,
-    SearchError,
-    SearchResults,
-    TrialRecord,
-    decoded,
-    load_results,
-)
+from search.engine.trainable import TRAINING_ITERATION
+from search.errors import SearchError
+from search.results import SCORE_KEYS, SearchResults, TrialRecord, decoded, load_results
 
 TRIAL_FILE = "trial.json"
 
@@ -88,7 +82,7 @@ def check_out_folder(out: Path, holds: str) -> None:
 
 def checked_metrics(trial: TrialRecord) -> dict[str, Any]:
     """The trial's checkpoint checked as ``load_checkpoint`` checks it; its metrics."""
-    from mtbert.train.checkpoint import CheckpointError, check_checkpoint
+    from mtbert import CheckpointError, check_checkpoint
 
     try:
         return check_checkpoint(trial.checkpoint).metrics

@@ -2,7 +2,7 @@
 
     learning_curves   the search metric of every trial at each evaluation, ASHA's stops marked
     task_curves       sst_acc, para_acc and sts_pearson of the best trials
-    importance        Optuna's parameter importances (``optuna.importance.get_param_importances``)
+    importance        Optuna's parameter importances (computed by ``search.engine.searcher.param_importances``)
     dimensions        the main dimensions' sampled values against each trial's best metric
     gradient_curves   grad_cos_<a>_<b> and grad_conflict_frac per trial, when the trials report them
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 if TYPE_CHECKING:
-    from search.engine.tuner import SearchResults, TrialRecord
+    from search.results import SearchResults, TrialRecord
 
 ITERATION = "training_iteration"
 TASK_SCORES = ("sst_acc", "para_acc", "sts_pearson")
@@ -45,7 +44,6 @@ ENDINGS = {
     "failed": "failed", "waiting": "no results yet",
 }  # fmt: skip
 ENDING_COLORS = {"complete": "#1f77b4", "stopped": "#ff7f0e", "running": "#2ca02c", "failed": "#d62728"}
-MIN_IMPORTANCE_TRIALS = 5
 MAX_DIMENSIONS = 6
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")  # fmt: skip
@@ -186,29 +184,6 @@ def task_curves(results: SearchResults, histories: dict[str, list[dict]], top: i
 
 
 # ---- the dimensions --------------------------------------------------------------------------------
-
-
-def param_importances(study: Any) -> dict[str, float] | str:
-    """``{parameter: importance}`` from Optuna's default evaluator (PED-ANOVA) over the study's
-    completed trials, most important first, or a sentence saying why there are none (no study, too
-    few completed trials, one dimension). Parameters are named by their dotted keys (``key#i`` for
-    alternative ``i`` of a key)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    if study is None:
-        return "Parameter importance needs the Optuna study, and the search folder holds none yet."
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if len(complete) < MIN_IMPORTANCE_TRIALS:
-        return (f"Parameter importance is not shown: it needs at least {MIN_IMPORTANCE_TRIALS} completed trials "
-                f"and this search has {len(complete)}.")  # fmt: skip
-    params = {p for t in complete for p, d in t.distributions.items() if not d.single()}
-    if len(params) < 2:
-        return f"Parameter importance is not shown: the completed trials vary {len(params)} dimension(s)."
-    with warnings.catch_warnings():  # its warnings (ties, few trials) would go to the console, not the report
-        warnings.simplefilter("ignore")
-        raw = optuna.importance.get_param_importances(study)
-    return {p: float(v) for p, v in raw.items()}
 
 
 def importance(importances: dict[str, float], completed: int) -> Figure:

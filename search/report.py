@@ -7,7 +7,7 @@
     OUT/dimensions.png        the main dimensions against each trial's best metric
     OUT/gradient_conflict.png grad_cos_<a>_<b> and grad_conflict_frac (when the trials report them)
 
-It reads what ``status`` reads (``search.engine.tuner.load_results``, the saved space and Optuna study)
+It reads what ``status`` reads (``search.results.load_results``, the saved space and Optuna study)
 plus each trial's ``result.json``, and works on a running or interrupted search: whatever is
 missing (a trial with no results yet, the Optuna study, the summary) is said on the page instead.
 The figures are drawn by ``search.plots``.
@@ -26,8 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from search.errors import SearchError, SpaceError
 from search.export import check_out_folder
-from search.engine.tuner import SEARCH_FILE, SUMMARY_FILE, Launch, SearchError, SearchResults, decoded
+from search.launch import SEARCH_FILE, SUMMARY_FILE, Launch, saved_space
+from search.results import SearchResults, decoded, load_results
 
 INDEX = "index.html"
 # Every figure the report can hold, in page order: file stem and section title.
@@ -111,8 +113,7 @@ def check_paths(experiment: str | Path, out: str | Path) -> tuple[Path, Path]:
 
 
 def read_search(experiment: Path) -> Search:
-    from search.space.file import SpaceError
-    from search.engine.tuner import load_results, load_searcher, saved_space
+    from search.engine.searcher import saved_study
 
     launch = Launch.read(experiment)
     missing = []
@@ -126,8 +127,8 @@ def read_search(experiment: Path) -> Search:
         space = saved_space(experiment)[0]
     except (SpaceError, SearchError) as e:
         missing.append(f"The saved space does not load ({e}); settings are shown as Optuna sampled them.")
-    searcher = load_searcher(experiment)
-    if searcher is None:
+    study = saved_study(experiment)
+    if study is None:
         missing.append("No Optuna study is saved yet: Optuna states and parameter importance are unavailable.")
     summary = read_summary(experiment / SUMMARY_FILE, missing)
     histories = {t.trial_id: read_history(t.path) for t in results.trials}
@@ -142,8 +143,7 @@ def read_search(experiment: Path) -> Search:
              "There is no summary.json: the search has not finished or was interrupted.")
             + f" 'mtbert-search resume {experiment}' continues an interrupted search."
         )  # fmt: skip
-    return Search(experiment, launch, results, histories, space, searcher.study() if searcher else None, summary,
-                  missing)  # fmt: skip
+    return Search(experiment, launch, results, histories, space, study, summary, missing)
 
 
 def read_summary(path: Path, missing: list[str]) -> dict | None:
@@ -187,6 +187,7 @@ def decoded_params(search: Search, params: dict[str, Any]) -> dict[str, Any]:
 
 def build_sections(search: Search) -> list[Section]:
     from search import plots
+    from search.engine.searcher import param_importances
 
     results, histories, max_t = search.results, search.histories, search.launch.max_t
     titles = dict(FIGURES)
@@ -199,7 +200,7 @@ def build_sections(search: Search) -> list[Section]:
         _section("task_scores", titles, plots.task_curves(results, histories, TOP_TRIALS),
                  "The per-task scores behind the metric, for the best trials."),
     ]  # fmt: skip
-    importances = plots.param_importances(search.study)
+    importances = param_importances(search.study)
     if isinstance(importances, str):
         sections.append(Section("importance", titles["importance"], reason=importances))
         order = None
@@ -318,8 +319,8 @@ def search_time(search: Search) -> str:
 
 def quora_note(search: Search) -> str | None:
     """mtbert's notice about the default encoder, when some trial used it."""
-    from mtbert.cli import QUORA_NOTE
-    from mtbert.model.pretrained import DEFAULT_ENCODER
+    from mtbert import DEFAULT_ENCODER
+    from mtbert.tasks import QUORA_NOTE
 
     base = search.space.base.model.encoder if search.space is not None else None
     encoders = {decoded_params(search, t.params).get("model.encoder", base) for t in search.results.trials} | {base}

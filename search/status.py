@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from search.engine.tuner import SCORE_KEYS, SearchResults, decoded
+from search.results import SCORE_KEYS, SearchResults, decoded
 
 FORMATS = ("text", "csv", "markdown")
 NOTE_WIDTH = 72  # the text table's note column

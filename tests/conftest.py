@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 # Tests never touch the network: the Hugging Face hub client stays offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from mtbert import BertConfig  # noqa: E402
+from mtbert import BertConfig
 
 REQUIRE_ALL = os.environ.get("MTBERT_REQUIRE_ALL") == "1"
 
@@ -118,8 +116,8 @@ def one_thread():
 # They carry the ``numeric`` mark, and .ci/run runs them a second time on another kernel set
 # (see OTHER_KERNELS), so a tolerance that holds on one kind of processor only fails in CI anywhere.
 NUMERIC_MODULES = {
-    "test_bert", "test_pretrained", "test_heads", "test_losses", "test_gradients", "test_evaluate",
-    "test_ensemble", "test_merge", "test_mlm", "test_checkpoint", "test_trainer", "test_phases",
+    "test_bert", "test_pretrained", "test_heads", "test_losses", "test_methods", "test_evaluate",
+    "test_ensemble", "test_merge", "test_mlm", "test_checkpoint", "test_loop", "test_phases",
 }  # fmt: skip
 
 # The other kernel set: PyTorch's own vectorised kernels without AVX (ATEN_CPU_CAPABILITY), MKL's
@@ -129,7 +127,7 @@ OTHER_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "S
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__ in NUMERIC_MODULES:
+        if item.path.stem in NUMERIC_MODULES:
             item.add_marker(pytest.mark.numeric)
 
 
@@ -144,65 +142,20 @@ def other_kernels_env() -> dict[str, str]:
 
 # ---- one real search, shared ---------------------------------------------------------------------
 
-NUM_SAMPLES = 6
-MAX_T = 4  # 16 steps, an evaluation every 4
-
-SPACE = """\
-model: {{encoder: tiny}}
-data: {{dir: {data}, cache_dir: {cache}, max_train_per_task: 160, max_length: 64}}
-heads: {{sst: {{hidden: [16]}}, para: {{hidden: [16]}}, sts: {{hidden: [16]}}}}
-sampling: {{schedule: ratios, batch_size: 8}}
-train: {{max_steps: 16, eval_every: 4}}
-grad: {{diagnose_every: 4}}
-search:
-  optim.lr: {{loguniform: [1.0e-6, 1.0e-2]}}
-  optim.head_lr: {{loguniform: [1.0e-6, 1.0e-2]}}
-tune:
-  num_samples: {num_samples}
-  max_concurrent: 2
-  cpus_per_trial: 1
-  grace_period: 1
-  reduction_factor: 2
-  eval_subset: 48
-  final_eval: best
-  seed: 0
-  storage_path: {storage}
-  name: {name}
-"""
-
-
-def write_space(tmp: Path, data_dir: Path, token_cache: Path, name: str = "e2e", **values) -> Path:
-    path = tmp / f"{name}.yaml"
-    fields = {"num_samples": NUM_SAMPLES, **values}
-    path.write_text(SPACE.format(data=data_dir, cache=token_cache, storage=tmp / "results", name=name, **fields))
-    return path
-
-
-def cli(*args: str, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout, env=env, **kw)  # fmt: skip
-
 
 @pytest.fixture(scope="session")
 def smoke_search(data_dir, token_cache, tmp_path_factory):
     """One real search through the CLI (Ray, Optuna, ASHA, the tiny encoder on a few hundred real rows),
     shared by the modules that read what a search leaves behind (summary, study, status, export,
     report); none of them writes into its folder."""
+    from helpers import cli, write_space
+
     tmp = tmp_path_factory.mktemp("search")
     space = write_space(tmp, data_dir, token_cache)
     out = cli(str(space), "--json")
     assert out.returncode == 0, out.stderr[-4000:]
     return {"summary": json.loads(out.stdout), "stderr": out.stderr, "experiment": tmp / "results" / "e2e",
             "tmp": tmp}  # fmt: skip
-
-
-def trial_rows(trial_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
-
-
-def trial_dirs(experiment: Path) -> list[Path]:
-    return sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("trial_"))
 
 
 @pytest.fixture

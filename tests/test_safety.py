@@ -15,10 +15,11 @@ import pytest
 import torch
 import yaml
 
-from mtbert.train.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
-from mtbert.config import ConfigError, RunConfig, load_config
+from mtbert.config import ConfigError, RunConfig
 from mtbert.model.multitask import build_model
 from mtbert.model.pretrained import EncoderLoadError, load_encoder, load_encoder_dir
+from mtbert.train.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
+from mtbert.validate import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "mtbert").rglob("*.py"), *(ROOT / "search").rglob("*.py")])
@@ -59,7 +60,7 @@ def fake_ray(monkeypatch):
 def test_connect_starts_local_ray_on_the_loopback_without_dashboard(fake_ray):
     from ray._private import ray_constants
 
-    from search.engine.tuner import connect
+    from search.engine.session import connect
 
     before = ray_constants.ENABLE_RAY_CLUSTER
     assert connect(None) is True
@@ -77,7 +78,7 @@ def test_connect_starts_local_ray_on_the_loopback_without_dashboard(fake_ray):
 @pytest.mark.parametrize("address", [None, "127.0.0.1:6379"])
 @pytest.mark.parametrize("mode", [None, "token"])
 def test_connect_never_switches_token_auth_off(fake_ray, monkeypatch, address, mode):
-    from search.engine.tuner import connect
+    from search.engine.session import connect
 
     if mode is None:
         monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
@@ -111,7 +112,7 @@ def test_local_ray_listens_on_the_loopback_only(monkeypatch):
     import ray
     from ray._raylet import AuthenticationMode, get_authentication_mode
 
-    from search.engine.tuner import connect
+    from search.engine.session import connect
 
     assert not ray.is_initialized()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -252,7 +253,7 @@ def test_a_pickle_handed_in_directly_is_refused(tmp_path, checkpoint, no_unpickl
 
 
 def test_a_good_checkpoint_loads_without_unpickling(checkpoint, no_unpickling):
-    _, _, _, metrics = load_checkpoint(checkpoint)
+    metrics = load_checkpoint(checkpoint).metrics
     assert metrics == {"overall": 0.5} and read_state(checkpoint) == {"step": 1}
 
 

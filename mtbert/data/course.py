@@ -305,14 +305,8 @@ def collate(items: Sequence[Item], pad_id: int = 0) -> dict[str, Any]:
     inputs = []
     for n in range(len(items[0].inputs)):
         seqs = [item.inputs[n] for item in items]
-        T = max(len(ids) for ids, _ in seqs)
-        input_ids = torch.full((len(items), T), pad_id, dtype=torch.long)
-        type_ids = torch.zeros((len(items), T), dtype=torch.long)
-        mask = torch.zeros((len(items), T), dtype=torch.long)
-        for i, (ids, types) in enumerate(seqs):
-            input_ids[i, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
-            type_ids[i, : len(ids)] = torch.from_numpy(types.astype(np.int64))
-            mask[i, : len(ids)] = 1
+        input_ids, mask = pad([ids for ids, _ in seqs], pad_id)
+        type_ids, _ = pad([types for _, types in seqs], 0)
         inputs.append({"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids})
     batch: dict[str, Any] = dict(inputs[0]) if len(inputs) == 1 else dict(zip("ab", inputs))
     labels = [item.label for item in items]
@@ -321,6 +315,18 @@ def collate(items: Sequence[Item], pad_id: int = 0) -> dict[str, Any]:
         batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
     batch["ids"] = [item.id for item in items]
     return batch
+
+
+def pad(rows: Sequence[np.ndarray], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths as one (B, T) int64 tensor padded with ``fill`` to the longest row,
+    and the (B, T) attention mask (1 on a row's own positions, 0 on padding)."""
+    B, T = len(rows), max(len(row) for row in rows)
+    padded = torch.full((B, T), fill, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = torch.from_numpy(row.astype(np.int64))
+        mask[i, : len(row)] = 1
+    return padded, mask
 
 
 def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:

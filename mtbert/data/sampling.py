@@ -2,6 +2,7 @@
 
     schedule = build_schedule("annealed", {"sst": 8544, "quora": 14139, "sts": 6040}, batch_size=32,
                               seed=0, max_epochs=10)
+    schedule = schedule_for(config, {"sst": 8544, "para": 14139, "sts": 6040})  # a run's, from its config
     schedule.plan(0)              # step 0: one task batch, e.g. {"quora": 32}
     schedule.epoch_of(step), schedule.steps_per_epoch
 
@@ -15,10 +16,14 @@ own ``torch.Generator`` seeded from ``(seed, epoch)``, so any step can be planne
 the ones before it, and resuming needs no generator state. ``state_dict()`` records the seed and the
 settings; ``load_state_dict()`` restores the seed and refuses a schedule built with other settings,
 whose sequence would differ.
+
+Each schedule reads its own settings from the run config (``from_config``) and checks the ones that
+span several fields (``check``), so a new schedule is one class here, registered with ``_register``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from abc import ABC, abstractmethod
@@ -27,6 +32,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from mtbert.config.fields import ConfigError
+from mtbert.config.run import RunConfig
+from mtbert.errors import one_of
 from mtbert.registry import Registry
 
 KEY = "sampling"  # dotted config prefix of every setting named in error messages
@@ -53,6 +61,11 @@ def build_schedule(name: str, sizes: Mapping[str, int], batch_size: int, *, seed
     return cls(sizes, batch_size, seed=seed, **settings)
 
 
+def schedule_for(config: RunConfig, sizes: Mapping[str, int]) -> Schedule:
+    """The schedule ``sampling.schedule`` names, built with the settings it reads from ``config``."""
+    return SCHEDULES.get(config.sampling.schedule).from_config(config, sizes)
+
+
 class Schedule(ABC):
     """Per-step task counts, planned one epoch at a time as a (steps_per_epoch, tasks) count table."""
 
@@ -65,6 +78,20 @@ class Schedule(ABC):
         self.seed = _check_int(f"{KEY}.seed", seed, minimum=0)
         self._epoch: int | None = None
         self._table = torch.empty(0, len(self.tasks), dtype=torch.long)
+
+    @classmethod
+    def from_config(cls, config: RunConfig, sizes: Mapping[str, int]) -> Schedule:
+        """This schedule for a run: ``sampling.batch_size``, ``train.seed`` and its own settings."""
+        return cls(sizes, config.sampling.batch_size, seed=config.train.seed, **cls.config_settings(config))
+
+    @classmethod
+    def config_settings(cls, config: RunConfig) -> dict[str, Any]:
+        """The keyword settings this schedule takes, read from ``config.sampling``."""
+        return {}
+
+    @classmethod
+    def check(cls, config: RunConfig) -> None:
+        """Raise ``ConfigError`` for settings that are valid one by one but not together."""
 
     @property
     @abstractmethod
@@ -186,8 +213,12 @@ class RoundRobin(Schedule):
     def __init__(self, sizes: Mapping[str, int], batch_size: int, *, seed: int = 0, per_step: str = "equal"):
         super().__init__(sizes, batch_size, seed=seed)
         if per_step not in self.PER_STEP:
-            raise ValueError(f"{KEY}.per_step is {per_step!r}, but must be one of: {', '.join(self.PER_STEP)}")
+            raise ValueError(f"{KEY}.per_step is {per_step!r}, but {one_of(self.PER_STEP)}")
         self.per_step = per_step
+
+    @classmethod
+    def config_settings(cls, config: RunConfig) -> dict[str, Any]:
+        return {"per_step": config.sampling.per_step}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -219,6 +250,10 @@ class Proportional(Schedule):
         super().__init__(sizes, batch_size, seed=seed)
         self.alpha = _check_unit(f"{KEY}.alpha", alpha)
         self.mixed = _check_bool(f"{KEY}.mixed", mixed)
+
+    @classmethod
+    def config_settings(cls, config: RunConfig) -> dict[str, Any]:
+        return {"alpha": config.sampling.alpha, "mixed": config.sampling.mixed}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -275,6 +310,16 @@ class Annealed(Proportional):
         self.max_epochs = _check_int(f"{KEY}.max_epochs", max_epochs, minimum=1)
         self.anneal_end = _check_unit(f"{KEY}.anneal_end", anneal_end)
 
+    @classmethod
+    def from_config(cls, config: RunConfig, sizes: Mapping[str, int]) -> Schedule:
+        # alpha falls over the run's epochs: train.max_steps in epochs of this schedule's length
+        # (a proportional one's: one task batch per step)
+        s = config.sampling
+        probe = Proportional(sizes, s.batch_size, seed=config.train.seed)
+        max_epochs = max(1, math.ceil(config.train.max_steps / probe.steps_per_epoch))
+        return cls(sizes, s.batch_size, seed=config.train.seed, max_epochs=max_epochs, anneal_start=s.anneal_start,
+                   anneal_end=s.anneal_end, mixed=s.mixed)  # fmt: skip
+
     def settings(self) -> dict[str, Any]:
         return {
             "max_epochs": self.max_epochs,
@@ -306,6 +351,15 @@ class Ratios(Schedule):
         self.counts = {task: self._count(f"{key}[{task!r}]", r) for task, r in self.ratios.items()}
         if not any(self.counts.values()):
             raise ValueError(f"{key} is {self.ratios!r}, but must give at least one task a ratio > 0")
+
+    @classmethod
+    def config_settings(cls, config: RunConfig) -> dict[str, Any]:
+        return {"ratios": dataclasses.asdict(config.sampling.ratios)}
+
+    @classmethod
+    def check(cls, config: RunConfig) -> None:
+        if not any(dataclasses.astuple(config.sampling.ratios)):
+            raise ConfigError(f"{KEY}.ratios", "are all zero, but at least one task needs a ratio > 0")
 
     def _count(self, key: str, ratio: Any) -> int:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0:
@@ -358,6 +412,10 @@ class SamplesPerEpoch(Schedule):
             self.samples[task] = self.sizes[task] if n is None else _check_int(f"{key}[{task!r}]", n, minimum=0)
         if not any(self.samples.values()):
             raise ValueError(f"{key} is {dict(samples_per_epoch)!r}, but must give at least one task a count > 0")
+
+    @classmethod
+    def config_settings(cls, config: RunConfig) -> dict[str, Any]:
+        return {"samples_per_epoch": dataclasses.asdict(config.sampling.samples_per_epoch)}
 
     @property
     def steps_per_epoch(self) -> int:

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtbert.config import TASKS, GradConfig
+from mtbert.config.sections import GradConfig
 from mtbert.methods.base import COMBINERS, Surgery, gram_matrix
+from mtbert.tasks import TASKS
 
 
 def gradvac_coefficients(

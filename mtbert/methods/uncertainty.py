@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtbert.config import TASKS, GradConfig, OptimConfig
+from mtbert.config.sections import GradConfig, OptimConfig
 from mtbert.methods.base import COMBINERS, Combiner, task_order
+from mtbert.tasks import TASKS
 
 
 def uncertainty_loss(losses: dict[str, Tensor], log_vars: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -22,7 +22,7 @@ head's ``encoding`` says and pools as its ``spec.pooling`` says.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from mtbert.model.bert import Dropout
 from mtbert.registry import Registry
+from mtbert.tasks import TASKS
 
-TASKS = ("sst", "para", "sts")
 FEATURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "u": lambda u, v: u,
     "v": lambda u, v: v,
@@ -361,12 +361,3 @@ def encoding_problem(task: str, cls: type[Head], pair_encoding: str | None) -> s
     fits = [k for k in HEADS[task] if HEADS[task].get(k).encoding == pair_encoding]
     return (f"heads.{task}.kind {cls.kind!r} reads pair encoding {cls.encoding!r}, but the pair encoding is "
             f"{pair_encoding!r}; heads.{task} kinds for {pair_encoding!r}: {', '.join(fits) or 'none'}")
-
-
-def compatibility(task: str, head: Any, loss: Any, pair_encoding: str | None) -> str | None:
-    """Why ``task``'s head (``head.kind``) cannot go with the loss (``loss.kind``) and the pair
-    encoding, or None; for config checks before anything is built."""
-    from mtbert.train.losses import loss_problem  # losses.py imports this module
-
-    cls = head_class(task, head.kind)
-    return encoding_problem(task, cls, pair_encoding) or loss_problem(task, cls, loss.kind)

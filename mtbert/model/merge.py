@@ -11,8 +11,9 @@ of 12 layers (``k`` = 8..2); ``compute_report`` gives the compute that sharing s
 
 - ``merge_encoders``: separately fine-tuned task encoders (paper 004), checked bit-identical below
   ``k``; ``split()`` goes back to independent per-task encoders.
-- ``specialize`` / ``to_specialists``: the second step of paper 002's two-step fine-tuning, a copy
-  of the multi-task encoder per task with re-initialised heads, each tuned on its own task.
+- ``specialize``: the second step of paper 002's two-step fine-tuning, a copy of the multi-task
+  encoder per task (``mtbert.model.multitask.to_specialists`` adds re-initialised heads), each
+  tuned on its own task.
   ``shared_depth=0`` is paper 002 as written (whole copies, embeddings included), ``k`` in between
   is paper 004's partial fine-tuning, ``shared_depth=L`` is paper 003's heads-only training (the
   whole encoder, pooler included, shared and frozen).
@@ -23,15 +24,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from mtbert.model.bert import BertConfig, BertModel, EncoderOutput, _keep_mask
-
-if TYPE_CHECKING:
-    from mtbert.model.multitask import MultiTaskModel
 
 
 class TaskEncoders(nn.Module):
@@ -167,27 +164,6 @@ def merge_encoders(encoders: Mapping[str, BertModel], shared_depth: int) -> Task
                     f"(tune each with freeze_depth >= {shared_depth} from one starting encoder, or merge at a lower depth)"
                 )
     return TaskEncoders(encoders, shared_depth)
-
-
-def to_specialists(
-    model: MultiTaskModel, shared_depth: int, *, reset_heads: bool = True, seed: int = 0
-) -> MultiTaskModel:
-    """The phase-2 model of two-step fine-tuning (paper 002): a new ``MultiTaskModel`` whose encoder
-    is ``specialize(model.encoder, ...)`` and whose heads are copies, re-drawn from ``seed + i``
-    (the i-th task) when ``reset_heads``. ``model`` is left untouched. Build the optimizer after."""
-    if not isinstance(model.encoder, BertModel):
-        raise TypeError(
-            f"model.encoder is a {type(model.encoder).__name__}, but to_specialists starts from "
-            "a multi-task model with one BertModel encoder"
-        )
-    encoders = specialize(model.encoder, model.tasks, shared_depth)
-    # Copy everything but the encoder (the memo maps it to itself), then swap in the task encoders.
-    new = copy.deepcopy(model, {id(model.encoder): model.encoder})
-    new.encoder = encoders
-    if reset_heads:
-        for i, task in enumerate(new.tasks):
-            new.reset_head(task, seed=seed + i)
-    return new
 
 
 @dataclass(frozen=True)

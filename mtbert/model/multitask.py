@@ -16,24 +16,31 @@ frozen bottom, papers 002-004): each task then runs on its own branch (``encoder
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtbert.config.fields import ConfigError
+from mtbert.config.run import RunConfig
 from mtbert.model.bert import BertModel, EncoderOutput, mean_pool
 from mtbert.model.heads import (
-    FEATURES, TASKS, Head, HeadOutput, HeadSpec, Pooled, Prediction, encoding_problem, head_class, new_linear,
+    FEATURES,
+    Head,
+    HeadOutput,
+    HeadSpec,
+    Pooled,
+    Prediction,
+    encoding_problem,
+    head_class,
+    new_linear,
 )
-from mtbert.model.merge import TaskEncoders
+from mtbert.model.merge import TaskEncoders, specialize
 from mtbert.registry import Registry
-
-if TYPE_CHECKING:
-    from mtbert.config import RunConfig
-
-PAIR_TASKS = ("para", "sts")  # the tasks whose heads may share their first layer
+from mtbert.tasks import PAIR_TASKS, TASKS
 
 PoolFn = Callable[[EncoderOutput, "Tensor | None"], Tensor]
 POOLING: Registry[PoolFn] = Registry("pooling")
@@ -226,7 +233,7 @@ def check_spec(task: str, cls: type[Head], spec: HeadSpec) -> None:
                          f"{', '.join(FEATURES)}")
 
 
-def head_specs(config: "RunConfig") -> dict[str, HeadSpec]:
+def head_specs(config: RunConfig) -> dict[str, HeadSpec]:
     """The run config's ``heads.<task>`` sections as ``HeadSpec``s. ``hidden`` goes only to heads
     that have hidden layers, so a search may switch ``kind`` between linear and mlp freely."""
     specs = {}
@@ -240,7 +247,23 @@ def head_specs(config: "RunConfig") -> dict[str, HeadSpec]:
     return specs
 
 
-def build_model(config: "RunConfig", encoder: BertModel | TaskEncoders) -> MultiTaskModel:
+def check_heads(config: RunConfig) -> None:
+    """The heads ``config`` asks for fit their settings, and a shared pair layer fits both pair heads;
+    raises ``ConfigError`` naming the key (the heads' own checks, run by ``mtbert.validate``)."""
+    specs = head_specs(config)
+    for task, spec in specs.items():
+        try:
+            check_spec(task, head_class(task, spec.kind), spec)
+        except ValueError as e:
+            raise ConfigError(f"heads.{task}", str(e)) from None
+    if config.model.shared_pair_layer:
+        try:
+            new_shared_layer(specs, 8, torch.Generator())
+        except ValueError as e:
+            raise ConfigError("model.shared_pair_layer", str(e)) from None
+
+
+def build_model(config: RunConfig, encoder: BertModel | TaskEncoders) -> MultiTaskModel:
     """The multi-task model a run config describes, with the encoder's bottom frozen as it says.
     A ``TaskEncoders`` keeps its own freezing: its shared bottom, ``shared_depth`` layers."""
     if isinstance(encoder, BertModel):
@@ -248,3 +271,24 @@ def build_model(config: "RunConfig", encoder: BertModel | TaskEncoders) -> Multi
     return MultiTaskModel(
         encoder, head_specs(config), shared_pair_layer=config.model.shared_pair_layer, seed=config.train.seed
     )
+
+
+def to_specialists(
+    model: MultiTaskModel, shared_depth: int, *, reset_heads: bool = True, seed: int = 0
+) -> MultiTaskModel:
+    """The phase-2 model of two-step fine-tuning (paper 002): a new ``MultiTaskModel`` whose encoder
+    is ``specialize(model.encoder, ...)`` and whose heads are copies, re-drawn from ``seed + i``
+    (the i-th task) when ``reset_heads``. ``model`` is left untouched. Build the optimizer after."""
+    if not isinstance(model.encoder, BertModel):
+        raise TypeError(
+            f"model.encoder is a {type(model.encoder).__name__}, but to_specialists starts from "
+            "a multi-task model with one BertModel encoder"
+        )
+    encoders = specialize(model.encoder, model.tasks, shared_depth)
+    # Copy everything but the encoder (the memo maps it to itself), then swap in the task encoders.
+    new = copy.deepcopy(model, {id(model.encoder): model.encoder})
+    new.encoder = encoders
+    if reset_heads:
+        for i, task in enumerate(new.tasks):
+            new.reset_head(task, seed=seed + i)
+    return new

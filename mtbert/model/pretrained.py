@@ -80,6 +80,20 @@ def default_encoder_dir() -> Path:
     return Path(get_model_path())
 
 
+def encoder_layers(source: str) -> int | None:
+    """The encoder's layer count from its config.json alone (no weights), or None if unknown yet."""
+    if source == TINY_ENCODER:
+        return TINY_SHAPE["num_hidden_layers"]
+    try:
+        directory = default_encoder_dir() if source == DEFAULT_ENCODER else Path(source).expanduser()
+    except EncoderLoadError:
+        return None
+    config_file = directory / "config.json"
+    if config_file.is_file():
+        return int(json.loads(config_file.read_text()).get("num_hidden_layers", 12))
+    return None
+
+
 def load_encoder_dir(directory: Path) -> BertModel:
     config_file = directory / "config.json"
     if not config_file.is_file():

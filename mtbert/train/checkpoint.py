@@ -30,7 +30,8 @@ files, ``config.yaml`` and ``metrics.json``, each encoder folder, and every safe
 header (which lists each tensor's name, shape and place in the file, so a truncated file, or a key
 or shape that does not fit ``config.yaml``, shows there) against the model ``config.yaml``
 describes, its encoder built on the meta device (shapes, no memory). ``load_checkpoint`` runs it
-first; ``mtbert-search export`` and ``ensemble`` run it on each checkpoint they take, loading none.
+first and returns a ``LoadedCheckpoint`` (model, tokenizer, config, metrics); ``mtbert-search export``
+and ``ensemble`` run it on each checkpoint they take, loading none.
 """
 
 from __future__ import annotations
@@ -43,8 +44,20 @@ from typing import Any
 
 import torch
 
-from mtbert.config import ConfigError, RunConfig, load_config
+from mtbert.config.fields import ConfigError
+from mtbert.config.run import RunConfig
+from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.merge import TaskEncoders, merge_encoders
+from mtbert.model.multitask import build_model, head_specs
+from mtbert.model.pretrained import (
+    EncoderLoadError,
+    check_state_dict,
+    load_encoder,
+    load_encoder_dir,
+    load_tokenizer,
+    state_dict_problems,
+)
+from mtbert.validate import load_config
 
 ENCODER_DIR = "encoder"
 ENCODERS_DIR = "encoders"  # merged models: one encoder per task
@@ -134,8 +147,6 @@ def check_checkpoint(directory: str | Path) -> CheckedCheckpoint:
     missing file, ``config.yaml`` or ``metrics.json`` that does not parse, an encoder folder
     without config.json, weights or tokenizer, or a safetensors file whose header does not parse,
     does not cover the file (truncated), or lists keys and shapes that do not fit ``config.yaml``."""
-    from mtbert.model.multitask import head_specs
-
     directory = Path(directory)
     if directory.is_file():
         problem = _pickle_problem(directory)
@@ -172,12 +183,20 @@ def check_checkpoint(directory: str | Path) -> CheckedCheckpoint:
     return CheckedCheckpoint(directory, config, metrics, merged, tasks, depth)
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, RunConfig, dict]:
-    """``(model, tokenizer, config, metrics)`` from a checkpoint directory, checked first
-    (``check_checkpoint``), so that every tensor is read once, into a model it is known to fit."""
-    from mtbert.model.multitask import build_model
-    from mtbert.model.pretrained import EncoderLoadError, load_encoder
+@dataclass
+class LoadedCheckpoint:
+    """What ``load_checkpoint`` read: the model (on the device asked for), its tokenizer, the run
+    config it was trained with and the metrics saved with it."""
 
+    model: Any  # a MultiTaskModel
+    tokenizer: Any
+    config: RunConfig
+    metrics: dict[str, Any]
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """The model, tokenizer, config and metrics of a checkpoint directory, checked first
+    (``check_checkpoint``), so that every tensor is read once, into a model it is known to fit."""
     checked = check_checkpoint(directory)
     directory = checked.directory
     try:
@@ -189,13 +208,20 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise CheckpointError(str(e)) from None
     model = build_model(checked.config, encoder)
     model.load_state_dict({**model.state_dict(), **_read_safetensors(directory / HEADS_FILE)})
-    return model.to(device), tokenizer, checked.config, checked.metrics
+    return LoadedCheckpoint(model.to(device), tokenizer, checked.config, checked.metrics)
+
+
+def saved_evaluation(directory: Path) -> tuple[Any, Any] | None:
+    """``(step, overall)`` of a checkpoint's metrics.json, or None if it has none readable."""
+    try:
+        metrics = json.loads((directory / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return (metrics.get("step"), metrics.get("overall")) if isinstance(metrics, dict) else None
 
 
 def _load_task_encoders(directory: Path, tasks: list[str], depth: int) -> tuple[TaskEncoders, Any]:
     """The ``TaskEncoders`` of a checked merged checkpoint, its bottom checked bit-identical across tasks."""
-    from mtbert.model.pretrained import load_encoder_dir, load_tokenizer
-
     encoders = {task: load_encoder_dir(directory / ENCODERS_DIR / task) for task in tasks}
     try:
         merged = merge_encoders(encoders, depth)
@@ -240,9 +266,6 @@ def _read_merged(directory: Path, needed: list[str]) -> tuple[list[str], int]:
 def _check_encoder_dir(folder: Path) -> Any:
     """An encoder folder's config.json, tokenizer and weights' header, checked; returns the encoder
     it describes, on the meta device."""
-    from mtbert.model.bert import BertConfig, BertModel
-    from mtbert.model.pretrained import EncoderLoadError, check_state_dict
-
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{config_file} is missing; an encoder folder needs config.json")
@@ -265,9 +288,6 @@ def _check_encoder_dir(folder: Path) -> Any:
 def _check_heads(path: Path, config: RunConfig, encoder: Any) -> None:
     """The keys and shapes in the heads file's header against the heads ``config`` builds on
     ``encoder`` (heads are small and built for real; the encoder stays on the meta device)."""
-    from mtbert.model.multitask import build_model
-    from mtbert.model.pretrained import state_dict_problems
-
     try:
         model = build_model(config, encoder)
     except ValueError as e:  # a frozen depth beyond the encoder's layers, say

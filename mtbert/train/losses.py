@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtbert.model.heads import HEADS, Head, HeadOutput
+from mtbert.config.run import RunConfig
+from mtbert.config.sections import LossConfig
+from mtbert.errors import one_of
+from mtbert.model.heads import HEADS, Head, HeadOutput, encoding_problem, head_class
 from mtbert.registry import Registry
 
 NEEDS = {  # what a loss may need from a head, as said in errors
@@ -82,7 +85,7 @@ class CrossEntropy(Loss):
     def check(self, key: str) -> None:
         _in_range(key, "label_smoothing", self.label_smoothing, 0.0, 1.0)
         if self.bin_targets not in ("soft", "nearest"):
-            raise ValueError(f"{key}.bin_targets is {self.bin_targets!r}, but must be one of: nearest, soft")
+            raise ValueError(f"{key}.bin_targets is {self.bin_targets!r}, but {one_of(('nearest', 'soft'))}")
 
     def __call__(self, out: HeadOutput, labels: Tensor, label_max: float) -> Tensor:
         centres = out.bin_centres
@@ -192,6 +195,13 @@ def loss_problem(task: str, head: Head | type[Head], kind: str) -> str | None:
     )
 
 
+def compatibility(task: str, head: Any, loss: Any, pair_encoding: str | None) -> str | None:
+    """Why ``task``'s head (``head.kind``) cannot go with the loss (``loss.kind``) and the pair
+    encoding, or None; for config checks before anything is built."""
+    cls = head_class(task, head.kind)
+    return encoding_problem(task, cls, pair_encoding) or loss_problem(task, cls, loss.kind)
+
+
 def build_loss(task: str, head: Head | type[Head], spec: LossSpec) -> TaskLoss:
     """Check ``spec`` against ``task``'s ``head`` (an instance or a class) and build it."""
     key = f"losses.{task}"
@@ -209,6 +219,15 @@ def build_loss(task: str, head: Head | type[Head], spec: LossSpec) -> TaskLoss:
     loss = cls(**spec.options)
     loss.check(key)
     return TaskLoss(task=task, loss=loss, weight=float(spec.weight), label_max=head.label_max)
+
+
+def task_loss(config: RunConfig, task: str, head: Head | type[Head]) -> TaskLoss:
+    """``losses.<task>`` of a run config built for ``task``'s ``head``: each loss takes the options
+    of ``LossConfig`` that are its own dataclass fields."""
+    cfg: LossConfig = getattr(config.losses, task)
+    options = {f.name for f in fields(LOSSES.get(cfg.kind))}
+    spec = LossSpec(cfg.kind, cfg.weight, {k: getattr(cfg, k) for k in options if hasattr(cfg, k)})
+    return build_loss(task, head, spec)
 
 
 def _in_range(key: str, name: str, value: float, low: float, high: float) -> None:

@@ -14,15 +14,18 @@ Checkpoint ``cls.`` keys are never loaded (all-MiniLM-L6-v2 has none): the trans
 
 Differences from paper 000: the learning rate warms up and then decays linearly (the paper used
 slanted triangular rates), and masked-token accuracy on a few held-out sentences stands in for its
-dev loss curve. Dropout draws from torch's global generator, seeded from ``seed`` on entry, as in
-the trainer; everything else draws from an explicit ``torch.Generator``.
+dev loss curve. Dropout draws from torch's global generator, seeded from ``seed`` by the training
+loop; everything else draws from an explicit ``torch.Generator``.
+
+The steps go through the one training loop (``mtbert.train.loop.Trainer``): ``MlmObjective`` says
+what a step's batch and loss are; masked-token accuracy on the held-out sentences, scored before
+and after, is its evaluation. The sentences come from ``mtbert.data.sentences``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -32,15 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtbert.model.bert import BertConfig, BertModel
-from mtbert.config import MlmConfig, OptimConfig
+from mtbert.config.sections import MlmConfig, OptimConfig
 from mtbert.data.course import BucketBatchSampler
+from mtbert.data.sentences import collate, tokenize
+from mtbert.model.bert import BertConfig, BertModel
+from mtbert.train.loop import StepLosses, Trainer
 from mtbert.train.optim import build_optimizer, build_scheduler
 
-if TYPE_CHECKING:  # transformers is heavy; the trainer pulls in the whole model
+if TYPE_CHECKING:  # transformers is heavy: only its type is needed here
     from transformers import PreTrainedTokenizerBase
-
-    from mtbert.train.loop import TaskData
 
 IGNORE = -100  # label of positions that are not predicted (F.cross_entropy's ignore_index)
 # Devlin et al. 2019's weight decay; the rate decays linearly after warm-up; gradients clipped at 1
@@ -132,17 +135,6 @@ def mask_tokens(
     return Masked(inputs, torch.where(chosen, input_ids, IGNORE))
 
 
-def task_sentences(data: TaskData) -> list[str]:
-    """The distinct sentences of every task's training set (both sentences of a pair), first seen
-    first: tasks in ``data.train`` order, examples in file order, a pair's first sentence first."""
-    seen: dict[str, None] = {}  # an ordered set
-    for ds in data.train.values():
-        for i in ds.indices:  # a capped dataset keeps all its file's examples; indices select
-            for sentence in ds.examples[i].sentences:
-                seen.setdefault(sentence, None)
-    return list(seen)
-
-
 @dataclass
 class MlmResult:
     steps: int  # optimizer steps taken
@@ -155,6 +147,80 @@ class MlmResult:
     accuracy_after: float | None
     eval_loss_before: float | None  # masked-LM loss on the held-out sentences
     eval_loss_after: float | None
+
+
+@dataclass
+class Rows:
+    """Tokenised sentences and which of them train and which are held out for scoring."""
+
+    ids: list[np.ndarray]
+    special: list[np.ndarray]
+    train_rows: list[int]  # in sentence order
+    eval_rows: list[int]  # by length: little padding
+
+
+class MlmObjective:
+    """One masked-LM step over ``encoder`` with a fresh ``MlmHead``: a length-bucketed batch of the
+    training rows (a new shuffle each pass), masked with ``generator``; the loss at the chosen
+    positions. ``score()`` is the evaluation: loss and masked-token accuracy on the held-out rows,
+    masked once with their own generator so that before and after see the same inputs."""
+
+    def __init__(self, encoder: BertModel, tokenizer: PreTrainedTokenizerBase, config: MlmConfig, rows: Rows,
+                 total: int, *, seed: int, generator: torch.Generator, device: torch.device, bf16: bool):
+        self.encoder, self.tokenizer, self.config, self.rows = encoder, tokenizer, config, rows
+        self.generator, self.device = generator, device
+        self.bf16 = bf16 and device.type == "cuda"
+        self.head = MlmHead(encoder, torch.Generator().manual_seed(seed)).to(device)
+        eval_gen = torch.Generator().manual_seed(seed + 1)
+        held = rows.eval_rows
+        self.eval_batches = [self.masked_batch(held[i : i + EVAL_BATCH], eval_gen) for i in range(0, len(held), EVAL_BATCH)]
+        optim = OptimConfig(lr=config.lr, warmup=config.warmup, **OPTIM)
+        both = nn.ModuleList([encoder, self.head])  # its parameters() holds the tied embedding matrix once
+        self.optimizer = build_optimizer(both, [], optim)
+        self.scheduler = build_scheduler(self.optimizer, optim, total)
+        self.clip_groups, self.clip_norm = [list(both.parameters())], optim.clip_norm
+        sampler = BucketBatchSampler([len(rows.ids[r]) for r in rows.train_rows], config.batch_size, generator=generator)
+        self.batches = itertools.chain.from_iterable(sampler for _ in itertools.count())
+
+    def masked_batch(self, rows: Sequence[int], gen: torch.Generator) -> tuple[Masked, torch.Tensor]:
+        ids, special = self.rows.ids, self.rows.special
+        input_ids, never, attention = collate([ids[r] for r in rows], [special[r] for r in rows],
+                                              self.tokenizer.pad_token_id)  # fmt: skip
+        masked = mask_tokens(input_ids, never, mask_prob=self.config.mask_prob, mask_token_id=self.tokenizer.mask_token_id,
+                             vocab_size=self.encoder.config.vocab_size, generator=gen)  # fmt: skip
+        return Masked(masked.inputs.to(self.device), masked.labels.to(self.device)), attention.to(self.device)
+
+    def loss_of(self, masked: Masked, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean loss over the chosen positions, and how many of them are predicted right."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            hidden = self.encoder(masked.inputs, attention).last_hidden_state  # (B, T, H)
+            chosen = masked.labels != IGNORE  # (B, T)
+            logits = self.head(hidden[chosen]).float()  # (M, V): only chosen positions, ~15% of tokens
+        targets = masked.labels[chosen]  # (M,)
+        return F.cross_entropy(logits, targets), (logits.argmax(dim=-1) == targets).sum()
+
+    def backward(self, step: int) -> StepLosses:
+        picked = next(self.batches)
+        self.encoder.train()
+        loss, _ = self.loss_of(*self.masked_batch([self.rows.train_rows[k] for k in picked], self.generator))
+        loss.backward()
+        return StepLosses({"mlm_loss": loss}, len(picked))
+
+    def not_finite(self, values: dict[str, float], step: int) -> str:
+        return f"the masked-LM loss is {values['mlm_loss']} at step {step}"
+
+    @torch.inference_mode()
+    def score(self) -> tuple[float | None, float | None]:
+        """(loss, accuracy) on the held-out sentences; (None, None) when none are held out."""
+        if not self.eval_batches:
+            return None, None
+        self.encoder.eval()
+        loss = correct = count = 0.0
+        for masked, attention in self.eval_batches:
+            batch_loss, batch_correct = self.loss_of(masked, attention)
+            n = int((masked.labels != IGNORE).sum())
+            loss, correct, count = loss + batch_loss.item() * n, correct + batch_correct.item(), count + n
+        return loss / count, correct / count
 
 
 def further_pretrain(
@@ -202,101 +268,29 @@ def further_pretrain(
         raise ValueError(f"sentences hold no token to mask ({len(sentences)} given, e.g. {sentences[0]!r})")
     order = [usable[k] for k in torch.randperm(len(usable), generator=g).tolist()]
     n_eval = min(held_out, len(usable) // 10)
-    eval_rows = sorted(order[:n_eval], key=lambda r: len(ids[r]))  # by length: little padding
-    train_rows = sorted(order[n_eval:])
-    total = steps or math.ceil(config.epochs * len(train_rows) / config.batch_size)
-
-    def masked_batch(rows: Sequence[int], gen: torch.Generator) -> tuple[Masked, torch.Tensor]:
-        rows_ids, rows_special = [ids[r] for r in rows], [special[r] for r in rows]
-        input_ids, never, attention = collate(rows_ids, rows_special, tokenizer.pad_token_id)
-        masked = mask_tokens(input_ids, never, mask_prob=config.mask_prob, mask_token_id=tokenizer.mask_token_id,
-                             vocab_size=encoder.config.vocab_size, generator=gen)  # fmt: skip
-        return Masked(masked.inputs.to(device), masked.labels.to(device)), attention.to(device)
-
-    def loss_of(masked: Masked, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            hidden = encoder(masked.inputs, attention).last_hidden_state  # (B, T, H)
-            chosen = masked.labels != IGNORE  # (B, T)
-            logits = head(hidden[chosen]).float()  # (M, V): only chosen positions, ~15% of tokens
-        targets = masked.labels[chosen]  # (M,)
-        return F.cross_entropy(logits, targets), (logits.argmax(dim=-1) == targets).sum()
-
-    @torch.inference_mode()
-    def score() -> tuple[float | None, float | None]:  # (loss, accuracy) on the held-out sentences
-        if not eval_batches:
-            return None, None
-        encoder.eval()
-        loss = correct = count = 0.0
-        for masked, attention in eval_batches:
-            batch_loss, batch_correct = loss_of(masked, attention)
-            n = int((masked.labels != IGNORE).sum())
-            loss, correct, count = loss + batch_loss.item() * n, correct + batch_correct.item(), count + n
-        return loss / count, correct / count
+    rows = Rows(ids, special, train_rows=sorted(order[n_eval:]), eval_rows=sorted(order[:n_eval], key=lambda r: len(ids[r])))
+    total = steps or math.ceil(config.epochs * len(rows.train_rows) / config.batch_size)
 
     flags, depth, was_training = [p.requires_grad for p in encoder.parameters()], encoder.frozen_depth, encoder.training
     encoder.to(device).freeze(0)
     try:
-        head = MlmHead(encoder, torch.Generator().manual_seed(seed)).to(device)
-        # Fixed masks (their own generator), so before and after are scored on the same inputs.
-        eval_gen = torch.Generator().manual_seed(seed + 1)
-        eval_batches = [masked_batch(eval_rows[i : i + EVAL_BATCH], eval_gen) for i in range(0, n_eval, EVAL_BATCH)]
-        loss_before, acc_before = score()
-        optim = OptimConfig(lr=config.lr, warmup=config.warmup, **OPTIM)
-        both = nn.ModuleList([encoder, head])  # its parameters() holds the tied embedding matrix once
-        optimizer = build_optimizer(both, [], optim)
-        scheduler = build_scheduler(optimizer, optim, total)
-        sampler = BucketBatchSampler([len(ids[r]) for r in train_rows], config.batch_size, generator=g)
-        batches = itertools.chain.from_iterable(sampler for _ in itertools.count())  # a new shuffle each pass
-        torch.manual_seed(seed)  # dropout's generator; see the module docstring
-        encoder.train()
-        losses: list[float] = []
-        seconds, samples = 0.0, 0
-        for step, picked in zip(range(1, total + 1), batches):
-            start = time.perf_counter()
-            loss, _ = loss_of(*masked_batch([train_rows[k] for k in picked], g))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in both.parameters() if p.grad is not None], optim.clip_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            seconds, samples = seconds + time.perf_counter() - start, samples + len(picked)
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"the masked-LM loss is {losses[-1]} at step {step}")
-            if on_step:
-                on_step(step, losses[-1])
-        loss_after, acc_after = score()
+        objective = MlmObjective(encoder, tokenizer, config, rows, total, seed=seed, generator=g, device=device, bf16=bf16)
+        loss_before, acc_before = objective.score()
+        # no evaluation inside the loop: the held-out score is taken before and after it
+        trainer = Trainer(objective, max_steps=total, eval_every=None, seed=seed)
+        report = (lambda step: on_step(step, trainer.running["mlm_loss"][-1])) if on_step else None
+        trainer.run(on_step=report)
+        loss_after, acc_after = objective.score()
     finally:
         encoder.frozen_depth = depth
         for p, flag in zip(encoder.parameters(), flags):
             p.requires_grad_(flag)
         encoder.train(was_training)
+    losses = trainer.running["mlm_loss"]  # every step's: the loop averages them only at an evaluation
     window = max(1, min(LOSS_WINDOW, len(losses) // 4))
     return MlmResult(
-        steps=len(losses), first_loss=float(np.mean(losses[:window])), last_loss=float(np.mean(losses[-window:])),
-        samples_per_s=samples / max(seconds, 1e-9), sentences=len(train_rows), held_out=n_eval,
-        accuracy_before=acc_before, accuracy_after=acc_after, eval_loss_before=loss_before, eval_loss_after=loss_after,
+        steps=trainer.step, first_loss=float(np.mean(losses[:window])), last_loss=float(np.mean(losses[-window:])),
+        samples_per_s=trainer.samples / max(trainer.train_seconds, 1e-9), sentences=len(rows.train_rows),
+        held_out=n_eval, accuracy_before=acc_before, accuracy_after=acc_after, eval_loss_before=loss_before,
+        eval_loss_after=loss_after,
     )  # fmt: skip
-
-
-def tokenize(tokenizer: PreTrainedTokenizerBase, sentences: list[str], max_length: int) -> tuple[list, list]:
-    """Token ids (int32) and special-token masks (bool) of each sentence, in one batched call."""
-    enc = tokenizer(sentences, truncation=True, max_length=max_length, return_special_tokens_mask=True,
-                    return_attention_mask=False, return_token_type_ids=False)  # fmt: skip
-    ids = [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
-    special = [np.asarray(x, dtype=bool) for x in enc["special_tokens_mask"]]
-    return ids, special
-
-
-def collate(ids: list[np.ndarray], special: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """(input_ids, never-mask, attention_mask), each (B, T) padded to the longest row; padding is
-    marked never-mask as well as special tokens."""
-    B, T = len(ids), max(len(x) for x in ids)
-    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    never = torch.ones((B, T), dtype=torch.bool)
-    attention = torch.zeros((B, T), dtype=torch.long)
-    for i, (x, s) in enumerate(zip(ids, special)):
-        input_ids[i, : len(x)] = torch.from_numpy(x.astype(np.int64))
-        never[i, : len(x)] = torch.from_numpy(s)
-        attention[i, : len(x)] = 1
-    return input_ids, never, attention

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mtbert.config import OptimConfig
+from mtbert.config.sections import OptimConfig
 
 STLR_RATIO = 32  # ULMFiT's ratio of the peak rate to the lowest
 

@@ -1,1 +1,18 @@
-"""."""
+"""The only code that imports ``ray`` or ``optuna``; a Ray upgrade touches this folder alone.
+
+    session.py       joining a cluster or starting a local Ray on the loopback (``ray_session``)
+    tuner.py         building, restoring and fitting the Tuner: ASHA, the searcher, the callbacks
+    trainable.py     the trainer as a Tune function trainable (the one caller of ``tune.report``)
+    searcher.py      Optuna (TPE) with early-stopped trials PRUNED; the saved study, importances
+    retention.py     the checkpoint a saved state points at, kept until the next state is saved
+    tensorboard.py   per-trial TensorBoard curves and HParams, fed by a Tune callback
+    interrupt.py     Ctrl-C: Tune's stop request, then ``SearchInterrupted``
+    analysis.py      a search folder's trials as Tune saved them
+    retrain.py       ``ensemble --retrain-seeds``: a grid of (trial, seed)
+    cluster.py       a cluster config as ``ray up`` runs it (``mtbert-search cluster check``)
+    trial_starts.py  when each trial started (benchmarks)
+
+Ray's private APIs are used only where Ray 2.60 has no public one, each behind one function that
+says why: ``session._start_local_ray``, ``session.set_progress_metrics``, ``searcher._internals``,
+``cluster.prepare`` and ``cluster.default_inbound_rules``.
+"""

@@ -12,7 +12,7 @@ Tags are ``<group>/<metric key>``, the key exactly as the trainer reports it:
 The x axis is the global training step (the ``step`` metric), so trials line up by steps whatever
 their evaluation interval. The HParams run lists the trial's sampled settings under their dotted
 keys (``optim.lr``) with their real values, and the search metric's tag (``dev/overall``) as its
-metric. Ray-free: ``search.engine.tuner`` feeds it from a Tune callback.
+metric. ``TrialBoard`` writes one trial's files; ``TensorBoardCallback`` feeds it from Tune.
 """
 
 from __future__ import annotations
@@ -20,8 +20,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ray.tune.logger import TBXLoggerCallback
+
 DEV_METRICS = ("sst_acc", "para_acc", "para_f1", "sts_pearson", "sts_spearman", "overall", "cfimdb_acc")
 STEP_KEY = "step"
+# Keys Tune adds to every result; the rest came from the trainable.
+TUNE_KEYS = frozenset({
+    "training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timesteps_since_restore",
+    "iterations_since_restore", "timesteps_total", "episodes_total", "timestamp", "date", "hostname", "node_ip",
+    "pid", "config", "done", "trial_id", "experiment_id", "experiment_tag", "checkpoint_dir_name",
+    "should_checkpoint", "__duplicate__",
+})  # fmt: skip
 
 
 def tag_for(key: str) -> str:
@@ -73,3 +82,37 @@ class TrialBoard:
     def close(self) -> None:
         self.writer.file_writer.add_summary(self._end)
         self.writer.close()
+
+
+class TensorBoardCallback(TBXLoggerCallback):
+    """Writes each trial's TensorBoard run (``TrialBoard``) into the trial's folder under
+    the storage path, as results arrive, so ``tensorboard --logdir <storage_path>/<name>`` shows the
+    running search. A subclass of Tune's TBXLoggerCallback only so that Tune does not add its own
+    (a second set of ``ray/tune/*`` tags and hparams in the same folders); tensorboardX is not used."""
+
+    def __init__(self, space: Any, metric: str):
+        self._space, self._metric = space, metric
+        self._boards: dict[str, TrialBoard] = {}
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the run config
+        return {"_space": self._space, "_metric": self._metric, "_boards": {}}
+
+    def log_trial_start(self, trial: Any) -> None:
+        if trial.trial_id in self._boards:
+            self._boards.pop(trial.trial_id).close()
+        directory = trial.path if trial.storage.storage_filesystem.type_name == "local" else trial.local_path
+        try:
+            hparams = self._space.decode(trial.config)
+        except ValueError:
+            hparams = dict(trial.config)
+        self._boards[trial.trial_id] = TrialBoard(directory, hparams, self._metric)
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        if trial.trial_id not in self._boards:
+            self.log_trial_start(trial)
+        self._boards[trial.trial_id].log({k: v for k, v in result.items() if k not in TUNE_KEYS})
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        board = self._boards.pop(trial.trial_id, None)
+        if board:
+            board.close()

@@ -1,7 +1,7 @@
 """The trainer as a Ray Tune function trainable: the one caller of ``tune.report`` and
 ``tune.get_checkpoint``.
 
-Each evaluation of ``mtbert.train.loop.train`` becomes one Tune result (one ``training_iteration``):
+Each evaluation of ``mtbert.train.run.train`` becomes one Tune result (one ``training_iteration``):
 the trainer's metrics as they are (per-task dev scores on the selection subset, ``overall``,
 ``train_loss_<task>``, ``lr``, ``train_samples_per_s``, gradient-conflict figures), a few timings
 of this trial (below), and a resumable mtbert checkpoint written by the trainer's ``save``. A
@@ -40,8 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtbert.config import RunConfig, from_dict, set_dotted, total_steps
+from mtbert import RunConfig
+from mtbert.config import total_steps
 
+# Tune's count of a trial's results (its evaluations), ASHA's unit of time.
+TRAINING_ITERATION = "training_iteration"
 # Set on the result of the trial's last evaluation when the trainer is known to stop there.
 COMPLETE_KEY = "trial_complete"
 # Set on the last result of a trial that ended itself before its budget (a non-finite loss): why.
@@ -55,14 +58,15 @@ MAX_SIGNATURE_PROBES = 256
 
 def tokenizer_source(encoder: str) -> str:
     """The tokenizer an encoder source brings; ``tiny`` borrows the default encoder's."""
-    from mtbert.model.pretrained import DEFAULT_ENCODER, TINY_ENCODER
+    from mtbert import DEFAULT_ENCODER
+    from mtbert.model.pretrained import TINY_ENCODER
 
     return DEFAULT_ENCODER if encoder == TINY_ENCODER else encoder
 
 
 def data_signature(config: RunConfig) -> str:
     """A key of everything ``prepare_data(config, ...)`` reads: trials with equal keys can share data."""
-    from mtbert.train.loop import pair_encodings
+    from mtbert.data.prepare import pair_encodings
 
     d = config.data
     capped = any(v is not None for v in (d.max_train_per_task, d.max_eval_per_task))
@@ -93,14 +97,9 @@ class TrialSetup:
     fixed: dict[str, Any] = field(default_factory=dict)
 
     def config(self, params: dict[str, Any]) -> RunConfig:
-        config = self.space.config_for(params)
-        if not self.fixed:
-            return config
-        # set as they are: with_overrides would read string values (paths) as YAML
-        data = config.to_dict()
-        for key, value in self.fixed.items():
-            set_dotted(data, key, value, "search")
-        return from_dict(data, "search")
+        # the fixed values are set as they are (with_overrides would read string paths as YAML), in
+        # the same pass as the sampled ones: the trial's config is built and checked once
+        return self.space.config_for(params, self.fixed)
 
 
 def fixed_settings(space: Any) -> dict[str, Any]:
@@ -226,8 +225,8 @@ def space_signatures(setup: TrialSetup, limit: int = MAX_SIGNATURE_PROBES) -> tu
 
 def prepare_shared(configs: Iterable[RunConfig]) -> dict[str, Any]:
     """``{signature: TaskData}``: each signature's data read and tokenised once (through the token cache)."""
+    from mtbert import prepare_data
     from mtbert.model.pretrained import load_tokenizer, resolve_source
-    from mtbert.train.loop import prepare_data
 
     tokenizers: dict[str, Any] = {}
     out: dict[str, Any] = {}
@@ -355,7 +354,7 @@ def run_trial(params: dict[str, Any], *, setup: TrialSetup, data: dict[str, Any]
     import torch
     from ray import tune
 
-    from mtbert.train.loop import train
+    from mtbert import train
 
     started_at = time.time()
     torch.set_num_threads(available_cpus(getattr(setup.space.tune, "cpus_per_trial", 1) or 1))

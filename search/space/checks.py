@@ -1,105 +1,26 @@
-"""A space's values on the run config: which keys a dimension may set, how a value is applied,
-and the checks that every dimension's values (and pairs of them) give a valid run.
-
-``apply`` is what ``Space.config_for`` uses for a trial; ``check_dimensions`` is what
-``load_space`` runs before anything starts, so that a trial never meets a ``ConfigError``.
+"""The checks of a space's dimensions against the run config, made before anything starts so that
+a trial never meets a ``ConfigError``: each search key names a run setting, a ratio is on a grid,
+and every dimension's extreme values (and those of each pair of choice and int dimensions) give a
+valid run (``check_dimensions``, which also finds the longest trial).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mtbert.config import (
-    ConfigError,
-    PhaseConfig,
-    RunConfig,
-    all_keys,
-    evaluations,
-    flatten,
-    from_dict,
-    set_dotted,
-    total_steps,
-)
-from search.space.dimensions import Dimension
-from search.errors import SpaceError, did_you_mean, show
-
-CONTINUOUS = ("uniform", "loguniform")
-
-
-# ---- applying values ---------------------------------------------------------------------------
-
-
-def apply(base: RunConfig, chosen: list[tuple[Dimension, Any]]) -> RunConfig:
-    """``base`` with each dimension's value set (a mapping on a section sets those keys of it; a
-    whole list such as ``phases`` is replaced), shorter keys first so ``phases`` comes before
-    ``phases.1.steps``. Raises ``ConfigError``."""
-    data = base.to_dict()
-    for d, value in sorted(chosen, key=lambda dv: dv[0].key.count(".")):
-        for key, v in _expand(data, d.key, value):
-            set_dotted(data, key, copy.deepcopy(v), None)
-    return from_dict(data)
-
-
-def _expand(data: dict[str, Any], key: str, value: Any) -> list[tuple[str, Any]]:
-    if key == "phases" and isinstance(value, list):  # whole phases, so phases.1.steps can go on them
-        return [(key, [_phase_item(v) for v in value])]
-    if isinstance(value, dict) and isinstance(value_at(data, key), dict) and not key.endswith(".set"):
-        return list(flatten(value, f"{key}.").items())
-    return [(key, value)]
-
-
-def _phase_item(value: Any) -> Any:
-    """A phase as the config holds it: ``specialist`` is short for ``{kind: specialist}``."""
-    value = {"kind": value} if isinstance(value, str) else value
-    return {**dataclasses.asdict(PhaseConfig()), **value} if isinstance(value, dict) else value
-
-
-def value_at(data: Any, key: str) -> Any:
-    """The value at a dotted key of a config dict (list items by index), or None."""
-    for part in key.split("."):
-        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        elif isinstance(data, dict):
-            data = data.get(part)
-        else:
-            return None
-    return data
-
-
-# ---- what a dimension may set ----------------------------------------------------------------
-
-
-def run_key_problem(key: str, extra: Iterable[str] = ()) -> str | None:
-    """Why ``key`` names no run setting (with a "did you mean" from the run keys and ``extra``), or
-    None. Sections (``heads.sst``) and list items (``phases.1``, ``phases.1.set.optim.lr``) count."""
-    keys = set(all_keys())
-    sections = {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}
-    if key in keys or key in sections:
-        return None
-    parts = key.split(".")
-    fields = [f.name for f in dataclasses.fields(PhaseConfig)]
-    candidates = sorted(keys | sections) + list(extra)
-    if parts[0] == "phases" and len(parts) > 1 and parts[1].isdigit():
-        rest, index = parts[2:], parts[1]
-        if not rest or (len(rest) == 1 and rest[0] in fields):
-            return None
-        sub = ".".join(rest[1:])
-        if rest[0] == "set" and (not sub or sub in keys or sub in sections):
-            return None
-        candidates = [f"phases.{index}.{f}" for f in fields] + [f"phases.{index}.set.{k}" for k in keys]
-    return f"is not a run setting{did_you_mean(key, candidates)}"
+from mtbert.config import ConfigError, RunConfig, evaluations, total_steps
+from search.errors import SpaceError
+from search.space.dimensions import KINDS, Dimension, flow
+from search.space.values import apply, run_key_problem
 
 
 def check_search_key(key: str, spec: Any, where: str, path: Path) -> None:
     problem = run_key_problem(key)
     if problem:
         raise SpaceError(path, where, f"{problem}; search keys are dotted run settings such as optim.lr")
-    if isinstance(spec, dict) and spec and not any(k in ("choice", "int", "uniform", "loguniform") for k in spec):
+    if isinstance(spec, dict) and spec and not any(k in KINDS for k in spec):
         inner = f"{key}.{next(iter(spec))}"
         if run_key_problem(inner) is None:
             raise SpaceError(
@@ -113,7 +34,7 @@ def check_ratio_grid(dims: list[Dimension], path: Path) -> None:
     """Ratios schedule: ratio * batch_size examples of a task per step must be a whole number,
     which a continuous range almost never gives (the run would fail when it starts)."""
     for d in dims:
-        if d.key.startswith("sampling.ratios.") and d.kind in CONTINUOUS and not d.step:
+        if d.key.startswith("sampling.ratios.") and d.continuous and not d.step:
             raise SpaceError(
                 path,
                 d.where,
@@ -151,7 +72,7 @@ class _Checker:
                 self.check({d.name: v})
         for i, a in enumerate(self.dims):
             for b in self.dims[i + 1 :]:
-                if a.key == b.key or a.kind in CONTINUOUS or b.kind in CONTINUOUS:
+                if a.key == b.key or a.continuous or b.continuous:
                     continue  # no run check relates a continuous setting to another setting
                 for va in a.values():
                     for vb in b.values():
@@ -171,7 +92,7 @@ class _Checker:
                 raise SpaceError(
                     self.path,
                     d.where,
-                    f"{_value_text(d, value)} can never be used: its conditions cannot all hold at once",
+                    f"{d.value_text(value)} can never be used: its conditions cannot all hold at once",
                 )
             return  # these two values never meet in one trial
         signature = json.dumps([(d.name, v) for d, v in chosen], default=str)
@@ -225,8 +146,8 @@ class _Checker:
         d = self.by_name[blame]
         value = wanted.get(blame, d.default())
         shown = {**{x.name: v for x, v in self.point(wanted) if e.key.startswith(x.key + ".")}, **wanted}
-        context = [f"{self.by_name[n].key}={_show_value(v)}" for n, v in shown.items() if n != blame]
-        what = _value_text(d, value) + (f" (with {', '.join(context)})" if context else "")
+        context = [f"{self.by_name[n].key}={flow(v)}" for n, v in shown.items() if n != blame]
+        what = d.value_text(value) + (f" (with {', '.join(context)})" if context else "")
         return SpaceError(
             self.path, d.where, f"{what}: {e.message}" if e.key == d.key else f"{what}: {e.key}: {e.message}"
         )
@@ -239,16 +160,6 @@ class _Checker:
             self.lengths[shape] = (evaluations(config), total_steps(config))
         evals, steps = self.lengths[shape]
         self.max_evals, self.max_steps = max(self.max_evals, evals), max(self.max_steps, steps)
-
-
-def _value_text(d: Dimension, value: Any) -> str:
-    if d.kind == "choice":
-        return f"choice {_show_value(value)}"
-    return f"{'low' if value == d.low else 'high'} {value:g}"
-
-
-def _show_value(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (list, dict)) else show(value)
 
 
 def check_dimensions(path: Path, base: RunConfig, dims: list[Dimension]) -> tuple[int, int]:

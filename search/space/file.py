@@ -1,13 +1,13 @@
-"""Search spaces: one YAML file holds a base run config, a ``search:`` section and ``tune:`` settings.
+"""The space file: one YAML file holds a base run config, a ``search:`` section and ``tune:`` settings.
 
     space = load_space("spaces/pcgrad.yaml", {"tune.num_samples": "4"}, profile="cpu")
     OptunaSearch(space=space.define_by_run, ...)      # suggests the active dimensions by dotted key
     config = space.config_for(trial_params)            # the trial's validated RunConfig
 
 Everything that can be wrong with a space is found here, before Ray starts or any folder exists:
-the base run config (``mtbert.config``'s checks), the dimensions' format and conditions
-(``search.space.dimensions``), the tune settings (``search.space.settings``), and what the dimensions do to the
-run (``search.space.checks``): each dimension's extreme values (both ends of a range, every choice), and
+the base run config (``mtbert.config``'s checks and ``mtbert.validate``), the dimensions' format and
+conditions (``search.space.dimensions``, ``search.space.conditions``), the tune settings
+(``search.space.settings``), and what the dimensions do to the run (``search.space.checks``): each dimension's extreme values (both ends of a range, every choice), and
 those of each pair of choice and int dimensions, are applied to the base and validated as a run
 config, with the dimensions they depend on or switch on set accordingly. Every number is finite
 (no .inf or .nan in a bound, step, choice, run setting or tune value). A bad value fails as one
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,42 +33,25 @@ import yaml
 
 from mtbert.config import (
     ConfigError,
+    DuplicateKey,
     RunConfig,
-    encoder_layers,
     evaluations,
-    flatten,
-    from_dict,
+    load_yaml,
     parse_value,
     refused_tag,
     set_dotted,
 )
-from search.space.checks import (
-    apply,
-    check_dimensions,
-    check_ratio_grid,
-    check_search_key,
-    run_key_problem,
-    value_at,
-)
-from search.space.dimensions import Dimension, non_finite, order, parse_search
-from search.errors import SpaceError, did_you_mean, show
+from mtbert.errors import did_you_mean, show
+from search.errors import SpaceError
+from search.space.checks import check_dimensions, check_ratio_grid, check_search_key
+from search.space.conditions import order
+from search.space.dimensions import Dimension, non_finite, parse_search
 from search.space.settings import FIELDS, TuneLayers, TuneSettings, build_settings, check_key, read_tune
+from search.space.smoke import SMOKE_RUN, SMOKE_TUNE, is_smoke_key, shrink, shrink_data, tiny_layers
+from search.space.values import build, run_key_problem, set_values, value_at
 
 __all__ = ["Dimension", "Space", "SpaceError", "TuneSettings", "detect_profile", "evaluations", "load_space"]
 
-# --smoke: the whole pipeline in about a minute on a laptop. Tune values go in before --set, so
-# "--smoke --set tune.num_samples=2" still gets 2 trials.
-SMOKE_RUN = {
-    "model.encoder": "tiny", "data.max_train_per_task": 256, "data.max_eval_per_task": 64,
-    "data.max_length": 64, "sampling.batch_size": 8, "train.max_steps": 8, "train.eval_every": 2,
-    "train.final_eval": False, "mlm.max_sentences": 256, "mlm.batch_size": 8,
-}  # fmt: skip
-SMOKE_PHASE_STEPS = {"mlm": 2, "multitask": 8, "specialist": 8}
-SMOKE_TUNE = {
-    "num_samples": 4, "max_concurrent": 2, "cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1,
-    "reduction_factor": 2, "max_t": None, "eval_subset": 64, "final_eval": "none", "time_budget_s": 600,
-}  # fmt: skip
-_PHASE_LENGTH = re.compile(r"^phases\.\d+\.(steps|eval_every)$")
 FIXED_POINT = "a fixed point: no search dimensions"
 
 
@@ -111,12 +93,20 @@ class Space:
         """``{dotted key: real value}`` of the active dimensions, for display and export."""
         return {d.key: value for d, value in self.chosen(params)}
 
-    def config_for(self, params: dict[str, Any]) -> RunConfig:
-        """The base with the sampled values, validated; dimensions whose condition is unmet are ignored."""
-        chosen = self.chosen(params)
+    def config_for(self, params: dict[str, Any], fixed: dict[str, Any] | None = None) -> RunConfig:
+        """The base with the sampled values, validated; dimensions whose condition is unmet are ignored.
+        ``fixed``: dotted settings every trial shares, set as they are after the sampled values.
+
+        One pass over the base's data (sampled values, then the smoke sizes, then ``fixed``) and one
+        build, so a trial's config is made and checked once."""
+        data = self.base.to_dict()
         try:
-            config = apply(self.base, chosen)
-            return shrink(config, like=self.base) if self.smoke else config
+            set_values(data, self.chosen(params))
+            if self.smoke:
+                shrink_data(data, like=self.base)
+            for key, value in (fixed or {}).items():
+                set_dotted(data, key, value, None)
+            return build(data)
         except ConfigError as e:
             raise SpaceError(self.path, e.key, f"{e.message} (trial values: {self.decode(params)})") from None
 
@@ -154,7 +144,7 @@ def load_space(
         base = shrink(base)
     base = _apply_set(overrides or {}, base, layers, entries, pinned, path)
     if smoke:
-        pinned.update({k: "smoke" for k in entries if k not in pinned and (k in SMOKE_RUN or _PHASE_LENGTH.match(k))})
+        pinned.update({k: "smoke" for k in entries if k not in pinned and is_smoke_key(k)})
     for key, (spec, origin) in entries.items():
         check_search_key(key, spec, f"{origin}.{key}", path)
     dims = order(parse_search(entries, path), path)
@@ -166,7 +156,7 @@ def load_space(
         settings = dataclasses.replace(settings, num_samples=1)
     elif not dims and settings.num_samples > 1:
         raise _same_trials(settings.num_samples, layers, entries, pinned, path)
-    base = _settings_into_run(base, settings, path)
+    base = _settings_into_run(base, settings)
     max_evals, max_steps = check_dimensions(path, base, dims)
     settings = _finish_settings(settings, layers, max_evals, path, smoke)
     _check_gpus(base, dims, settings, path)
@@ -210,29 +200,10 @@ def _same_trials(
 # ---- the run config ----------------------------------------------------------------------------
 
 
-def shrink(config: RunConfig, like: RunConfig | None = None) -> RunConfig:
-    """The smoke-test version of a run: tiny encoder, a few rows and steps, every phase short.
-    ``like`` (a space's smoke base, --set values included) gives the values instead of the smoke
-    defaults, and the phase lengths when a trial's phases are the base's."""
-    data = config.to_dict()
-    smoke = flatten(like.to_dict()) if like is not None else SMOKE_RUN
-    for key in SMOKE_RUN:
-        set_dotted(data, key, smoke[key], None)
-    data["model"]["freeze_depth"] = min(data["model"]["freeze_depth"], encoder_layers("tiny"))
-    same_phases = like is not None and [p.kind for p in like.phases] == [p["kind"] for p in data["phases"]]
-    for i, phase in enumerate(data["phases"]):
-        if same_phases:
-            phase["steps"], phase["eval_every"] = like.phases[i].steps, like.phases[i].eval_every
-            continue
-        phase["steps"] = SMOKE_PHASE_STEPS[phase["kind"]]
-        phase["eval_every"] = None if phase["kind"] == "mlm" else smoke["train.eval_every"]
-    return from_dict(data)
-
-
 def _run_config(data: dict[str, Any], path: Path) -> RunConfig:
     _refuse_non_finite(data, "", path)
     try:
-        return from_dict(data)
+        return build(data)
     except ConfigError as e:
         raise SpaceError(path, e.key, e.message) from None
 
@@ -248,7 +219,7 @@ def _override(base: RunConfig, values: dict[str, Any], path: Path, where: str) -
     try:
         for key, value in values.items():
             set_dotted(data, str(key), value, None)
-        return from_dict(data)
+        return build(data)
     except ConfigError as e:
         key = f"{where} {e.key}" if where.startswith("--") else f"{where}.{e.key}" if where else e.key
         raise SpaceError(path, key, e.message) from None
@@ -264,38 +235,27 @@ def _refuse_non_finite(value: Any, key: str, path: Path) -> None:
         raise SpaceError(path, full, f"is {show(number)}, but must be a finite number (no .inf or .nan)")
 
 
-def _settings_into_run(base: RunConfig, settings: TuneSettings, path: Path) -> RunConfig:
-    """Tune settings that are run settings of every trial."""
-    values: dict[str, Any] = {"train.final_eval": settings.final_eval == "all"}
+def _settings_into_run(base: RunConfig, settings: TuneSettings) -> RunConfig:
+    """Tune settings that are run settings of every trial. Both are checked as tune settings and no
+    run check involves them, so they are set without building the config again."""
+    train = dataclasses.replace(base.train, final_eval=settings.final_eval == "all")
+    data = base.data
     if settings.eval_subset is not None:
-        values["data.max_eval_per_task"] = settings.eval_subset
-    return _override(base, values, path, "tune")
+        data = dataclasses.replace(data, max_eval_per_task=settings.eval_subset)
+    return dataclasses.replace(base, train=train, data=data)
 
 
 # ---- reading -----------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a key given twice (YAML would keep the last silently)."""
-
-
-def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, (str, int, float, bool)) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r} (first at line {seen[key]}); a key may appear once (several "
-                "dimensions on one key are a list of alternatives)",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+# mtbert's reader words a duplicate key "duplicate key 'lr' on line 5 (first on line 3); a key may
+# appear once"; a space file says it as it always has, adding that several dimensions on one key
+# are written as a list of alternatives.
+def _yaml_problem(error: yaml.MarkedYAMLError) -> str | None:
+    if isinstance(error, DuplicateKey):
+        return (f"duplicate key {error.key!r} (first at line {error.first}); a key may appear once (several "
+                "dimensions on one key are a list of alternatives)")  # fmt: skip
+    return error.problem
 
 
 def _check_gpus(base: Any, dims: list, settings: Any, path: Path) -> None:
@@ -319,12 +279,12 @@ def _read(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise SpaceError(path, "file", f"cannot be read ({e.strerror or e})") from None
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = load_yaml(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        # !!python/object/...: _Loader is a SafeLoader, which builds no Python objects
-        raise SpaceError(path, "yaml", refused_tag(e) or f"not valid YAML{where}: {e.problem}") from None
+        # !!python/object/...: the reader is a SafeLoader, which builds no Python objects
+        raise SpaceError(path, "yaml", refused_tag(e) or f"not valid YAML{where}: {_yaml_problem(e)}") from None
     except yaml.YAMLError as e:
         raise SpaceError(path, "yaml", f"not valid YAML: {e}") from None
     if data is None:  # nothing but comments, or nothing at all
@@ -414,7 +374,7 @@ def _pin(dims: list[Dimension], pinned: dict[str, str], base: RunConfig, smoke: 
         if d.key in pinned:
             continue
         if smoke and d.key == "model.freeze_depth":
-            d = _fit_depth(d, encoder_layers("tiny"))
+            d = d.up_to(tiny_layers())
             if d is None:
                 pinned["model.freeze_depth"] = "smoke"
                 continue
@@ -427,7 +387,7 @@ def _pin(dims: list[Dimension], pinned: dict[str, str], base: RunConfig, smoke: 
             else:
                 when[key] = values
         if not drop:
-            kept.append(Dimension(**{**d.__dict__, "when": when}))
+            kept.append(dataclasses.replace(d, when=when))
     return kept
 
 
@@ -436,21 +396,9 @@ def _normalized(data: dict[str, Any], key: str, value: Any) -> Any:
     data = copy.deepcopy(data)
     try:
         set_dotted(data, key, value, None)
-        return value_at(from_dict(data).to_dict(), key)
+        return value_at(build(data).to_dict(), key)
     except ConfigError:
         return value
-
-
-def _fit_depth(d: Dimension, layers: int) -> Dimension | None:
-    """A frozen-depth dimension cut to the smoke encoder's layers, or None if nothing is left."""
-    if d.kind == "choice":
-        fits = [c for c in d.choices if isinstance(c, int) and c <= layers]
-        return Dimension(**{**d.__dict__, "choices": fits}) if fits else None
-    if d.low >= layers:
-        return None
-    high = min(d.high, layers)
-    step = d.step if d.step and (high - d.low) % d.step == 0 else None
-    return Dimension(**{**d.__dict__, "high": high, "step": step})
 
 
 # ---- the settings and the notes ----------------------------------------------------------------

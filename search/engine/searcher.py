@@ -1,0 +1,178 @@
+"""Optuna behind Ray Tune, with trials that ASHA stopped early recorded as PRUNED.
+
+A defect of Ray's ``OptunaSearch`` fixed here: it tells Optuna that a trial ASHA stopped early is
+COMPLETE, with the score of its last (low-budget) evaluation, so TPE learns from early scores as if
+they were final. ``PruningOptunaSearch`` tells Optuna such trials are PRUNED, with every evaluation
+recorded as an intermediate value, which is how Optuna's own pruners leave them.
+
+Also here: reading the study a search saved (``saved_study``, ``optuna_states``) and Optuna's
+parameter importances over it (``param_importances``), so no module outside ``search.engine``
+handles Optuna objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from search.engine.trainable import COMPLETE_KEY, STOP_KEY, TRAINING_ITERATION
+
+MIN_IMPORTANCE_TRIALS = 5
+
+
+@dataclass
+class _Internals:
+    trials: dict[str, Any]  # Tune trial id -> the Optuna trial Ray asked for it
+    study: Any  # optuna.Study
+    completed: set[str]  # Tune trial ids already told to Optuna
+
+
+def _internals(searcher: OptunaSearch) -> _Internals:
+    """The Optuna trials, study and completed set inside Ray's ``OptunaSearch``. Ray 2.60 keeps them in
+    ``_ot_trials``, ``_ot_study`` and ``_completed_trials`` and offers no public accessor: telling
+    Optuna a trial is PRUNED needs the Optuna trial Ray asked for, and reading states the study."""
+    return _Internals(searcher._ot_trials, searcher._ot_study, searcher._completed_trials)
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna a trial stopped before its full budget is PRUNED.
+
+    Every result is an intermediate value of the Optuna trial (``trial.report(value, step)`` with
+    the training iteration as step, as ``OptunaSearch`` does). When a trial ends it is COMPLETE if
+    it ran its whole budget: the trainable flagged its last evaluation (``trial_complete``), it
+    reached ``max_t``, or it ended by itself (the trainer's patience), which Tune shows by passing
+    the last result a second time when a function trainable returns. Otherwise it was stopped
+    (by ASHA, or the time budget) and is PRUNED, and Optuna takes its last intermediate value as
+    its value; TPE then ranks it below completed trials, by how far it got. Either way the result
+    the trial was stopped on, which Tune does not pass to ``on_trial_result``, is recorded first,
+    so the intermediate values are every evaluation the trial reported. A trial that ended itself
+    on a non-finite loss (``stop_reason``) is PRUNED too, its NaN the last intermediate value.
+    """
+
+    def __init__(self, *args: Any, max_t: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+        self._reported: dict[str, int] = {}  # trial id -> last step told to Optuna
+        self._repeated: set[str] = set()  # trials whose last result came a second time: they returned
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self._unknown(trial_id):
+            return
+        step = result.get(TRAINING_ITERATION)
+        if step is not None and self._reported.get(trial_id) == step:
+            self._repeated.add(trial_id)  # Tune's repeat of the last result: the trainable returned
+            return
+        super().on_trial_result(trial_id, result)
+        if trial_id not in _internals(self).completed:
+            self._reported[trial_id] = step
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._unknown(trial_id):
+            return
+        inside = _internals(self)
+        if (error or not result or trial_id in inside.completed
+                or isinstance(self.metric, list) or result.get(self.metric) is None):  # fmt: skip
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        step = result.get(TRAINING_ITERATION, 0)
+        finished = not result.get(STOP_KEY) and (
+            bool(result.get(COMPLETE_KEY)) or (self._max_t is not None and step >= self._max_t)
+            or trial_id in self._repeated
+        )  # fmt: skip
+        ot_trial = inside.trials[trial_id]
+        if self._reported.get(trial_id, 0) < step:  # the result the trial was stopped on
+            ot_trial.report(result[self.metric], step)
+            self._reported[trial_id] = step
+        if finished:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        inside.study.tell(ot_trial, None, state=TrialState.PRUNED)
+        inside.completed.add(trial_id)
+
+    def _unknown(self, trial_id: str) -> bool:
+        """A trial Optuna never proposed, in this searcher's state. Tune saves the trials' state first
+        and the searcher's a moment later, so a search killed in between resumes a trial the saved
+        searcher has not heard of (Ray's ``OptunaSearch`` then fails with a KeyError). It runs on;
+        Optuna does not learn from it."""
+        if trial_id in _internals(self).trials:
+            return False
+        ignored = self.__dict__.setdefault("_ignored", set())  # not in the state of searchers saved before
+        if trial_id not in ignored:
+            ignored.add(trial_id)
+            logging.getLogger(__name__).warning(
+                "trial %s is not in the Optuna study saved with the search (it was stopped between saving its "
+                "trials and its study); the trial runs, but Optuna does not learn from it", trial_id)  # fmt: skip
+        return True
+
+    def study(self) -> Any:
+        return _internals(self).study
+
+    def optuna_trial(self, trial_id: str) -> Any:
+        """The Optuna trial (a FrozenTrial) behind a Tune trial id, or None."""
+        inside = _internals(self)
+        trial = inside.trials.get(trial_id)
+        if trial is None:
+            return None
+        return inside.study.trials[trial.number]
+
+
+def new_searcher(define_by_run: Any, metric: str, mode: str, seed: int | None, max_t: int) -> PruningOptunaSearch:
+    """The searcher of a new search: Optuna's TPE, seeded."""
+    return PruningOptunaSearch(space=define_by_run, metric=metric, mode=mode,
+                               sampler=optuna.samplers.TPESampler(seed=seed), max_t=max_t)  # fmt: skip
+
+
+def load_searcher(experiment: str | Path) -> PruningOptunaSearch | None:
+    """The searcher's state as Tune last saved it in the search folder (None if there is none).
+    The file is the search's own state (Tune pickles it), not user data."""
+    searcher = PruningOptunaSearch()
+    try:
+        searcher.restore_from_dir(str(experiment))
+    except (RuntimeError, OSError, EOFError, ValueError, AttributeError, ImportError, pickle.UnpicklingError):
+        return None  # none saved yet, or a file cut short by a killed search: no Optuna states to show
+    return searcher
+
+
+def saved_study(experiment: str | Path) -> Any:
+    """The Optuna study a search folder holds (None before the searcher's state is first saved)."""
+    searcher = load_searcher(experiment)
+    return searcher.study() if searcher is not None else None
+
+
+def optuna_states(experiment: str | Path) -> dict[str, str | None] | None:
+    """``{Tune trial id: Optuna state name}`` (COMPLETE, PRUNED, FAIL, RUNNING) of every trial the saved
+    study knows, None when no study is saved."""
+    searcher = load_searcher(experiment)
+    if searcher is None:
+        return None
+    states = {}
+    for trial_id in _internals(searcher).trials:
+        ot = searcher.optuna_trial(trial_id)
+        states[trial_id] = ot.state.name if ot is not None else None
+    return states
+
+
+def param_importances(study: Any) -> dict[str, float] | str:
+    """``{parameter: importance}`` from Optuna's default evaluator (PED-ANOVA) over the study's
+    completed trials, most important first, or a sentence saying why there are none (no study, too
+    few completed trials, one dimension). Parameters are named by their dotted keys (``key#i`` for
+    alternative ``i`` of a key)."""
+    if study is None:
+        return "Parameter importance needs the Optuna study, and the search folder holds none yet."
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return (f"Parameter importance is not shown: it needs at least {MIN_IMPORTANCE_TRIALS} completed trials "
+                f"and this search has {len(complete)}.")  # fmt: skip
+    params = {p for t in complete for p, d in t.distributions.items() if not d.single()}
+    if len(params) < 2:
+        return f"Parameter importance is not shown: the completed trials vary {len(params)} dimension(s)."
+    with warnings.catch_warnings():  # its warnings (ties, few trials) would go to the console, not the report
+        warnings.simplefilter("ignore")
+        raw = optuna.importance.get_param_importances(study)
+    return {p: float(v) for p, v in raw.items()}
