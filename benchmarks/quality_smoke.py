@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from mtbert.config import parse_set
-from mtbert.validate import load_config
+from mtbert.validation import load_config
 from mtbert.data.course import read_task, resolve_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]

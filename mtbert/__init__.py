@@ -17,7 +17,7 @@ module imports only from its own row and the rows above it):
     methods/          one file per gradient combiner (grad.method)
     evaluate.py       metrics and the course's prediction files
     train/            losses, the optimizer and LR schedules (optim)
-    validate.py       a config checked as a whole against the plug-ins, where it enters
+    validation.py     a config checked as a whole against the plug-ins, where it enters
     train/            checkpoints (checkpoint), ``train.device`` (device)
     predict.py        a model's predictions, dev evaluation, a checkpoint's final evaluation
     train/            the one training loop (loop), its objectives (multitask, mlm), the phases as
@@ -54,7 +54,7 @@ from mtbert.train.device import resolve_device
 from mtbert.train.loop import TrainingInterrupted, TrainResult
 from mtbert.train.mlm import MlmResult, further_pretrain
 from mtbert.train.run import Run, open_run, train
-from mtbert.validate import load_config, validate
+from mtbert.validation import load_config, validate
 
 __all__ = [
     "DEFAULT_ENCODER",

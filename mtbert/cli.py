@@ -102,7 +102,7 @@ def train_main(args: argparse.Namespace) -> int:
     from mtbert.train.checkpoint import CheckpointError
     from mtbert.train.device import resolve_device
     from mtbert.train.run import check_out_dir, open_run
-    from mtbert.validate import load_config
+    from mtbert.validation import load_config
 
     try:  # everything that can be wrong with the input is found before training starts
         config = load_config(args.config, parse_set(args.overrides))

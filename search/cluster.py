@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from mtbert.config import load_yaml, yaml_problem
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 COMMAND_KEYS = (
     "initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
@@ -231,8 +233,10 @@ def check(path: str | Path) -> list[str]:
 
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        config = load_yaml(path.read_text(encoding="utf-8"))  # a key written twice is refused: YAML keeps the last
+    except yaml.YAMLError as e:
+        return [f"{path}: {yaml_problem(e)}"]
+    except (OSError, UnicodeDecodeError) as e:
         return [f"{path}: does not read ({getattr(e, 'strerror', None) or e})"]
     if not isinstance(config, dict):
         return [f"{path}: holds a {type(config).__name__}, not a Ray cluster config"]

@@ -19,7 +19,7 @@ from mtbert.config import ConfigError, RunConfig
 from mtbert.model.multitask import build_model
 from mtbert.model.pretrained import EncoderLoadError, load_encoder, load_encoder_dir
 from mtbert.train.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
-from mtbert.validate import load_config
+from mtbert.validation import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "mtbert").rglob("*.py"), *(ROOT / "search").rglob("*.py")])

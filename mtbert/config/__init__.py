@@ -10,7 +10,7 @@
 This package is the bottom of ``mtbert``: it imports only ``mtbert.errors`` and its own modules,
 knows no plug-in and reads no file but the YAML it is given. Every field is checked when a config
 is built; the checks that need the plug-ins (names of heads, losses, schedules, gradient methods,
-how they fit together) or the encoder's shape run once, at each entry point, in ``mtbert.validate``.
+how they fit together) or the encoder's shape run once, at each entry point, in ``mtbert.validation``.
 
 Code outside ``mtbert`` may import these names from here; modules inside ``mtbert`` import them
 from the module that defines them.

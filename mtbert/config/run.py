@@ -61,7 +61,7 @@ class RunConfig:
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> "RunConfig":
         """A copy with dotted keys replaced; string values are read as YAML (``"1e-5"`` -> float).
-        Each field is checked; the whole config is ``mtbert.validate.validate``'s to check."""
+        Each field is checked; the whole config is ``mtbert.validation.validate``'s to check."""
         data = self.to_dict()
         for key, value in overrides.items():
             set_dotted(data, key, parse_value(value) if isinstance(value, str) else value, source)
@@ -70,7 +70,7 @@ class RunConfig:
 
 def read_config(path: str | Path, overrides: dict[str, Any] | None = None, section: bool = True) -> RunConfig:
     """Read a run config from YAML (``yaml.safe_load`` only) and apply ``--set`` overrides; every field
-    is checked, the plug-ins and the encoder are not (``mtbert.validate.load_config`` does both).
+    is checked, the plug-ins and the encoder are not (``mtbert.validation.load_config`` does both).
 
     Top-level sections other than the run's (a search space's ``search:`` and ``tune:``) are left to
     their readers when ``section`` is true.
@@ -93,7 +93,7 @@ def read_config(path: str | Path, overrides: dict[str, Any] | None = None, secti
 
 def from_dict(data: dict[str, Any], source: str | None = None) -> RunConfig:
     """A ``RunConfig`` from plain data, every field checked by its rule; checks that span several
-    settings or need the plug-ins are ``mtbert.validate.validate``'s."""
+    settings or need the plug-ins are ``mtbert.validation.validate``'s."""
     return _build(RunConfig, data, "", source)
 
 

@@ -1,7 +1,7 @@
 """The sections of a run config, one dataclass each, every field with its default and rule.
 
 ``RunConfig`` (``mtbert.config.run``) gathers them; nothing here reads a file or knows a plug-in:
-plug-in names (``heads.sst.kind``, ``grad.method``, ...) are checked by ``mtbert.validate``.
+plug-in names (``heads.sst.kind``, ``grad.method``, ...) are checked by ``mtbert.validation``.
 """
 
 from __future__ import annotations

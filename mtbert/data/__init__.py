@@ -7,5 +7,5 @@ own settings from the run config in ``from_config``).
 
 Dependency direction: these modules import ``mtbert.config``, ``mtbert.tasks``, ``mtbert.registry``
 and ``mtbert.errors``; ``prepare`` also asks the heads (``mtbert.model.heads``) how each task's pairs
-are tokenised. Nothing here imports the training loop, the gradient methods or ``mtbert.validate``.
+are tokenised. Nothing here imports the training loop, the gradient methods or ``mtbert.validation``.
 """

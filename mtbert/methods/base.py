@@ -91,7 +91,7 @@ class Combiner:
     @classmethod
     def check(cls, config: RunConfig) -> None:
         """Raise ``ConfigError`` for ``grad`` settings this method cannot run with (none by default);
-        ``mtbert.validate`` calls it for the method ``grad.method`` names."""
+        ``mtbert.validation`` calls it for the method ``grad.method`` names."""
 
     def param_groups(self, optim: OptimConfig) -> list[dict[str, Any]]:
         """Optimizer parameter groups of the combiner's own learnable parameters (none by default)."""

@@ -249,7 +249,7 @@ def head_specs(config: RunConfig) -> dict[str, HeadSpec]:
 
 def check_heads(config: RunConfig) -> None:
     """The heads ``config`` asks for fit their settings, and a shared pair layer fits both pair heads;
-    raises ``ConfigError`` naming the key (the heads' own checks, run by ``mtbert.validate``)."""
+    raises ``ConfigError`` naming the key (the heads' own checks, run by ``mtbert.validation``)."""
     specs = head_specs(config)
     for task, spec in specs.items():
         try:

@@ -5,7 +5,7 @@ registered in ``PHASES``); a whole run and its entry point ``train`` (``run``); 
 reports (``summary``); the task losses (``losses``), AdamW and LR schedules (``optim``), checkpoints
 (``checkpoint``) and ``train.device`` (``device``).
 
-Dependency direction: ``losses`` and ``optim`` sit below ``mtbert.validate``; ``checkpoint`` and
+Dependency direction: ``losses`` and ``optim`` sit below ``mtbert.validation``; ``checkpoint`` and
 ``device`` above it; ``loop`` imports only torch; the objectives, phases and run import the loop,
 ``mtbert.predict`` and everything below. Nothing here imports ``mtbert.cli`` or ``mtbert.ensemble``.
 """

@@ -57,7 +57,7 @@ from mtbert.model.pretrained import (
     load_tokenizer,
     state_dict_problems,
 )
-from mtbert.validate import load_config
+from mtbert.validation import load_config
 
 ENCODER_DIR = "encoder"
 ENCODERS_DIR = "encoders"  # merged models: one encoder per task

@@ -26,7 +26,7 @@ from mtbert.train.device import resolve_device
 from mtbert.train.loop import OnEval, Stop, Trainer, TrainResult
 from mtbert.train.mlm import MlmResult
 from mtbert.train.phases import PHASES, Hooks, Phase
-from mtbert.validate import load_config
+from mtbert.validation import load_config
 
 
 def build_run(config: RunConfig, resume: str | Path | None = None) -> tuple[MultiTaskModel, Any]:

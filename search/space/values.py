@@ -1,7 +1,7 @@
 """A space's values on the run config: the keys a dimension may set, and how values are set.
 
 ``build`` is the one place the space makes a ``RunConfig`` from plain data: every field checked
-(``mtbert.config``), then the run as a whole (``mtbert.validate``); a bad value raises
+(``mtbert.config``), then the run as a whole (``mtbert.validation``); a bad value raises
 ``ConfigError``. ``set_values`` puts a trial's values into a config's data, ``apply`` does so on a
 config and builds the result.
 """

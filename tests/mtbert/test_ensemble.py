@@ -309,7 +309,7 @@ def test_ensemble_of_a_search(small_search, data_dir):
 def test_ensemble_with_retrained_seeds(small_search, data_dir):
     from helpers import trial_rows
 
-    from mtbert.validate import load_config
+    from mtbert.validation import load_config
 
     out = small_search["tmp"] / "retrained"
     experiment = str(small_search["experiment"])

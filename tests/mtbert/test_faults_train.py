@@ -121,7 +121,7 @@ def test_resume_takes_new_steps_rates_and_folder_and_its_checkpoints_resume_agai
 def test_a_resume_trains_with_the_new_learning_rates(trained):
     """torch's optimizer and LambdaLR state bring back the saved rates; the new config's must win."""
     from mtbert.train.run import start
-    from mtbert.validate import load_config
+    from mtbert.validation import load_config
 
     config = load_config(trained / "run.yaml", {"optim.lr": "3e-3", "optim.head_lr": "7e-3", "optim.schedule": "constant",
                                                  "optim.warmup": "0", "optim.weight_decay": "0.2"})  # fmt: skip
@@ -237,7 +237,7 @@ def test_a_stop_between_evaluations_saves_last_and_resumes_exactly(tmp_path, tok
     from mtbert.train.checkpoint import load_checkpoint
     from mtbert.train.loop import TrainingInterrupted
     from mtbert.train.run import train
-    from mtbert.validate import load_config
+    from mtbert.validation import load_config
 
     config = load_config(config_file(tmp_path, tokens, course(tmp_path / "data")),
                          {"train.max_steps": "6", "train.eval_every": "4"})  # fmt: skip

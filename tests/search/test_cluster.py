@@ -214,3 +214,12 @@ def test_the_command_refuses_what_rays_schema_refuses_and_a_missing_file(tmp_pat
     out = cluster_check(str(tmp_path / "missing.yaml"))
     assert out.returncode == 2 and out.stderr.startswith(f"{tmp_path / 'missing.yaml'}: does not read")
 
+
+
+def test_a_key_written_twice_is_a_problem_not_the_last_one_silently(tmp_path):
+    # YAML would keep the second `head_start_ray_commands:`, so a safe first one could hide an unsafe one.
+    text = (ROOT / "cluster.yaml").read_text()
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text + "\nmax_workers: 2\n")
+    (line,) = check(path)
+    assert line.startswith(f"{path}: duplicate key 'max_workers' on line ") and "a key may appear once" in line

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mtbert.config import ConfigError, RunConfig, all_keys, parse_set
-from mtbert.validate import load_config
+from mtbert.validation import load_config
 import helpers
 
 

@@ -320,7 +320,7 @@ def test_a_new_method_is_one_module_and_its_registration(small_run, tmp_path, mo
     import importlib
 
     from mtbert.config import ConfigError
-    from mtbert.validate import validate
+    from mtbert.validation import validate
 
     monkeypatch.setattr(COMBINERS, "_entries", dict(COMBINERS._entries))  # the registry as it was, after
     config = small_run(**{"grad.method": "halved", "train.max_steps": 2, "train.eval_every": 2})

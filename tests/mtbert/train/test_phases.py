@@ -9,7 +9,7 @@ import torch
 
 from mtbert.config import ConfigError, RunConfig, phase_config, run_phases
 from mtbert.train.run import open_run, train
-from mtbert.validate import load_config, validate
+from mtbert.validation import load_config, validate
 
 # ---- the config ---------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from mtbert.config import RunConfig
-from mtbert.validate import load_config
+from mtbert.validation import load_config
 from search.space import file as space_module
 from search.space.file import Dimension, Space, SpaceError, TuneSettings, detect_profile, evaluations, load_space
 import helpers
