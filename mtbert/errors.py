@@ -6,8 +6,8 @@ The run config, the plug-in registries, the schedules and the search space all b
 from these, so the same mistake reads the same wherever it is made:
 
     unknown setting (did you mean 'optim.lr'?); allowed here: lr, head_lr, ...
-    unknown grad_method 'pcgard' (did you mean 'pcgrad'?); choose from: pcgrad, pcgrad_weighted, sum
-    is 'adam', but must be one of: constant, linear, slanted_triangular
+    unknown grad.method 'pcgard' (did you mean 'pcgrad'?); choose from: cagrad, gradvac, pcgrad, ...
+    is "adam", but must be one of: constant, linear, slanted_triangular
 
 This module imports nothing of the project: everything else may import it.
 """
@@ -45,10 +45,12 @@ def unknown_setting(name: str, known: Iterable[str], allowed: Iterable[str]) -> 
     return f"unknown setting{did_you_mean(name, known)}; allowed here: {', '.join(allowed)}"
 
 
-def unknown_name(what: str, name: object, choices: Iterable[str]) -> str:
-    """A name that no plug-in (or choice) of kind ``what`` has, e.g. ``unknown loss 'cee' ...``."""
+def unknown_name(what: str | None, name: object, choices: Iterable[str]) -> str:
+    """A name that no plug-in (or choice) of kind ``what`` has, e.g. ``unknown loss 'cee' ...``; with
+    ``what`` None (the key already names the kind) ``unknown 'cee' ...``."""
     choices = sorted(choices)
-    return f"unknown {what} {name!r}{did_you_mean(name, choices)}; choose from: {', '.join(choices)}"
+    kind = f" {what}" if what else ""
+    return f"unknown{kind} {name!r}{did_you_mean(name, choices)}; choose from: {', '.join(choices)}"
 
 
 def one_of(choices: Iterable[Any]) -> str:

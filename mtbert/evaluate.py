@@ -279,6 +279,11 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def is_score(value: Any) -> bool:
+    """A number that can be ranked: not None, not NaN, not infinite."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def finite(value: Any) -> Any:
     """``value`` with every NaN and infinity inside it replaced by None (JSON's null)."""
     if isinstance(value, float) and not math.isfinite(value):

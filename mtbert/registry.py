@@ -37,8 +37,9 @@ class Registry(Generic[T]):
         except KeyError:
             raise ValueError(self.unknown_message(name)) from None
 
-    def unknown_message(self, name: object) -> str:
-        return unknown_name(self.key, name, self._entries)
+    def unknown_message(self, name: object, named: bool = True) -> str:
+        """Why ``name`` is no entry; ``named=False`` leaves out the key, for a message that already names it."""
+        return unknown_name(self.key if named else None, name, self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

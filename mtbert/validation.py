@@ -8,8 +8,8 @@ sampling schedules, gradient combiners), each plug-in's own check (``Schedule.ch
 phase's config as it will train, and the encoder's depth from its config.json. Errors are
 ``ConfigError`` naming the file (``source``), the dotted key, the value and what is allowed.
 
-This module sits above the plug-ins and the config; nothing in ``mtbert`` below the training loop
-imports it.
+This module sits above the plug-ins and the config: nothing in ``config``, ``data``, ``model``,
+``methods``, ``train.losses`` or ``train.optim`` imports it.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def check_plugins(config: RunConfig) -> None:
         names.append((f"losses.{task}.kind", getattr(config.losses, task).kind, LOSSES))
     for key, name, registry in names:
         if name not in registry:
-            raise ConfigError(key, registry.unknown_message(name).replace(f"unknown {registry.key} ", "unknown "))
+            raise ConfigError(key, registry.unknown_message(name, named=False))
     for task in TASKS:
         head = getattr(config.heads, task)
         problem = compatibility(task, head, getattr(config.losses, task), head.pair_encoding)

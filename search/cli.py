@@ -167,7 +167,8 @@ def search_main(args: argparse.Namespace) -> int:
         claim_folder,
         experiment_dir,
         read_data,
-        search_setup,  # fmt: skip
+        run_search,
+        search_setup,
     )
 
     out = sys.stderr if args.json else sys.stdout
@@ -196,8 +197,6 @@ def search_main(args: argparse.Namespace) -> int:
         for note in space.notes:
             print(note, file=out)
         launch = Launch(args.space, dict(overrides), space.profile, args.smoke)  # resume loads the space the same way
-        from search.launch import run_search
-
         run = functools.partial(run_search, space, launch, text, setup, data, address=args.address)
         return run_and_report(run, space, args.json, experiment_dir(space))
 

@@ -40,7 +40,6 @@ COMMAND_KEYS = (
 )  # fmt: skip
 TOKEN_MOUNT = "~/.ray/auth_token"
 CLUSTER_GROUP = "sg-of-this-cluster"  # stands for the group Ray creates, in its default rules
-DEFAULT_FILE = "cluster.yaml"
 
 
 def pins(root: Path) -> dict[str, str]:

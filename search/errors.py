@@ -1,4 +1,6 @@
-"""The one error a space file raises: it names the file, the key path and what is allowed.
+"""The errors of the search: ``SpaceError``, a bad space file (it names the file, the key path and
+what is allowed); ``SearchError``, bad input to a command; ``SearchInterrupted``, a search stopped
+by Ctrl-C after its state was saved.
 
 Its words (``show``, ``did_you_mean``, ``unknown_setting``) are ``mtbert.errors``', so a mistake in a
 space file reads as the same mistake in a run config does.

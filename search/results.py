@@ -7,12 +7,12 @@ with these records only.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mtbert.evaluate import is_score
 from search.engine.trainable import STOP_KEY, TRAINING_ITERATION
 from search.errors import SearchError
 from search.launch import Launch
@@ -73,7 +73,7 @@ def load_results(experiment: str | Path) -> SearchResults:
     for trial in read_trials(experiment, metric, launch.mode):
         rows = [r for r in trial.rows if r.get(metric) is not None]
         # a trial that stopped on a non-finite loss reports NaN last: its best is an earlier evaluation
-        scored = [r for r in rows if _finite(r[metric])]
+        scored = [r for r in rows if is_score(r[metric])]
         best = None
         if scored:
             pick = max if launch.mode == "max" else min
@@ -82,14 +82,10 @@ def load_results(experiment: str | Path) -> SearchResults:
         trials.append(TrialRecord(
             trial_id=trial.trial_id, status=trial.status, iterations=int(rows[-1][TRAINING_ITERATION]) if rows else 0,
             params=trial.config, best=best, last=rows[-1] if rows else None,
-            checkpoint=trial.checkpoint if scored else None, path=trial.path, state=trial.state,
+            checkpoint=trial.checkpoint, path=trial.path, state=trial.state,
             error=trial.error_file, stop_reason=stop if isinstance(stop, str) else None, failures=trial.failures,
         ))  # fmt: skip
     return SearchResults(experiment, metric, launch.mode, trials)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def error_message(text: str, max_lines: int = 3) -> str:

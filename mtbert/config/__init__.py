@@ -17,7 +17,7 @@ from the module that defines them.
 """
 
 from mtbert.config.fields import ConfigError, check
-from mtbert.config.phases import evaluations, phase_config, run_phases, total_steps, trained_phases
+from mtbert.config.phases import evaluations, phase_config, run_phases, total_steps
 from mtbert.config.reader import DuplicateKey, load_yaml, read_text, refused_tag, yaml_problem
 from mtbert.config.resume import RESUME_FIXED, resume_conflicts, resume_fixed
 from mtbert.config.run import RunConfig, all_keys, flatten, from_dict, parse_set, parse_value, read_config, set_dotted
@@ -46,5 +46,5 @@ __all__ = [
     "PerTaskCount", "PhaseConfig", "RunConfig", "SamplingConfig", "TrainConfig", "all_keys", "check",
     "DuplicateKey", "evaluations", "flatten", "from_dict", "load_yaml", "parse_set", "parse_value", "phase_config",
     "read_config", "read_text", "refused_tag", "resume_conflicts", "resume_fixed", "run_phases", "set_dotted",
-    "total_steps", "trained_phases", "yaml_problem",
+    "total_steps", "yaml_problem",
 ]  # fmt: skip

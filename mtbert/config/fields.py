@@ -62,7 +62,6 @@ def positive_list(v: list[int]) -> str | None:
     return None if all(x > 0 for x in v) else "every size must be > 0"
 
 
-
 def known_features(v: list[str]) -> str | None:
     allowed = ("u", "v", "diff", "prod")
     if not v or any(f not in allowed for f in v):

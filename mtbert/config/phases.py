@@ -14,7 +14,10 @@ from mtbert.config.sections import PhaseConfig
 
 def phase_config(config: RunConfig, index: int) -> RunConfig:
     """The run config phase ``index`` trains with: its ``set:`` applied, its steps, learning rates
-    and evaluation interval in ``train``/``optim``, and no phases of its own."""
+    and evaluation interval in ``train``/``optim``, and no phases of its own. A config without
+    ``phases`` trains as it is."""
+    if not config.phases:
+        return config
     phase = config.phases[index]
     if phase.set:  # values as the user wrote them ("2e-5"): read and checked like --set
         data = config.to_dict()
@@ -45,13 +48,6 @@ def _steps(config: RunConfig, phase: PhaseConfig) -> tuple[int, int]:
 def run_phases(config: RunConfig) -> list[PhaseConfig]:
     """The phases a run goes through: ``phases``, or one multitask phase."""
     return list(config.phases) or [PhaseConfig(kind="multitask")]
-
-
-def trained_phases(config: RunConfig) -> list[RunConfig]:
-    """The configs of the phases that take optimizer steps on the tasks (mlm phases take none)."""
-    if not config.phases:
-        return [config]
-    return [phase_config(config, i) for i, p in enumerate(config.phases) if p.kind != "mlm"]
 
 
 def _trained_steps(config: RunConfig) -> list[tuple[int, int]]:

@@ -73,8 +73,7 @@ def resume_conflicts(saved: RunConfig, new: RunConfig) -> list[str]:
                 out.append(f"phases.{i}.{name} is {show_json(getattr(new_phase, name))}, but the checkpoint's is "
                            f"{show_json(getattr(old_phase, name))} ({RESUME_FIXED['phases.*.' + name]})")  # fmt: skip
         # what the phase trains with, its set: applied (sampling, grad.method, train.seed may change there)
-        old_cfg = (phase_config(saved, i) if saved.phases else saved).flat()
-        new_cfg = (phase_config(new, i) if new.phases else new).flat()
+        old_cfg, new_cfg = phase_config(saved, i).flat(), phase_config(new, i).flat()
         compare({k: v for k, v in old_cfg.items() if k != "phases"},
                 {k: v for k, v in new_cfg.items() if k != "phases"}, f"phases.{i}.set.", set(reported))  # fmt: skip
     return out

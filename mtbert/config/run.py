@@ -68,8 +68,8 @@ class RunConfig:
         return from_dict(data, source)
 
 
-def read_config(path: str | Path, overrides: dict[str, Any] | None = None, section: bool = True) -> RunConfig:
-    """Read a run config from YAML (``yaml.safe_load`` only) and apply ``--set`` overrides; every field
+def read_config(path: str | Path, section: bool = True) -> RunConfig:
+    """Read a run config from YAML (``yaml.safe_load`` only); every field
     is checked, the plug-ins and the encoder are not (``mtbert.validation.load_config`` does both).
 
     Top-level sections other than the run's (a search space's ``search:`` and ``tune:``) are left to
@@ -85,10 +85,7 @@ def read_config(path: str | Path, overrides: dict[str, Any] | None = None, secti
         raise ConfigError("top level", f"must be a mapping of sections, got {type(data).__name__}", str(path))
     if section:
         data = {k: v for k, v in data.items() if k not in ("search", "tune")}
-    config = from_dict(data, str(path))
-    if overrides:
-        config = config.with_overrides(overrides)
-    return config
+    return from_dict(data, str(path))
 
 
 def from_dict(data: dict[str, Any], source: str | None = None) -> RunConfig:

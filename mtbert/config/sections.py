@@ -55,6 +55,7 @@ class ModelConfig:
     freeze_depth: int = check(0, non_negative)
     shared_pair_layer: bool = False  # one first layer shared by the para and sts heads (paper 003)
 
+
 @dataclass
 class HeadConfig:
     kind: str = "mlp"

@@ -305,9 +305,9 @@ def collate(items: Sequence[Item], pad_id: int = 0) -> dict[str, Any]:
     inputs = []
     for n in range(len(items[0].inputs)):
         seqs = [item.inputs[n] for item in items]
-        input_ids, mask = pad([ids for ids, _ in seqs], pad_id)
-        type_ids, _ = pad([types for _, types in seqs], 0)
-        inputs.append({"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids})
+        ids = [ids for ids, _ in seqs]
+        type_ids = pad([types for _, types in seqs], 0)
+        inputs.append({"input_ids": pad(ids, pad_id), "attention_mask": attention_mask(ids), "token_type_ids": type_ids})
     batch: dict[str, Any] = dict(inputs[0]) if len(inputs) == 1 else dict(zip("ab", inputs))
     labels = [item.label for item in items]
     batch["labels"] = None
@@ -317,16 +317,18 @@ def collate(items: Sequence[Item], pad_id: int = 0) -> dict[str, Any]:
     return batch
 
 
-def pad(rows: Sequence[np.ndarray], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of different lengths as one (B, T) int64 tensor padded with ``fill`` to the longest row,
-    and the (B, T) attention mask (1 on a row's own positions, 0 on padding)."""
-    B, T = len(rows), max(len(row) for row in rows)
-    padded = torch.full((B, T), fill, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
+def pad(rows: Sequence[np.ndarray], fill: int | bool, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Rows of different lengths as one (B, T) tensor of ``dtype``, padded with ``fill`` to the longest row."""
+    padded = torch.full((len(rows), max(len(row) for row in rows)), fill, dtype=dtype)
     for i, row in enumerate(rows):
-        padded[i, : len(row)] = torch.from_numpy(row.astype(np.int64))
-        mask[i, : len(row)] = 1
-    return padded, mask
+        padded[i, : len(row)] = torch.from_numpy(row)  # copied into dtype (int32 ids -> int64)
+    return padded
+
+
+def attention_mask(rows: Sequence[np.ndarray]) -> torch.Tensor:
+    """The (B, T) int64 mask of ``pad(rows, ...)``: 1 on a row's own positions, 0 on padding."""
+    lengths = torch.tensor([len(row) for row in rows])
+    return (torch.arange(int(lengths.max())) < lengths[:, None]).long()
 
 
 def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mtbert.data.course import pad
+from mtbert.data.course import attention_mask, pad
 from mtbert.data.prepare import TaskData
 
 if TYPE_CHECKING:  # transformers is heavy: only its type is needed here
@@ -38,6 +38,4 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, sentences: list[str], max_lengt
 def collate(ids: list[np.ndarray], special: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, ...]:
     """(input_ids, never-mask, attention_mask), each (B, T) padded to the longest row; padding is
     marked never-mask as well as special tokens."""
-    input_ids, attention = pad(ids, pad_id)
-    never, _ = pad(special, 1)
-    return input_ids, never.bool(), attention
+    return pad(ids, pad_id), pad(special, True, dtype=torch.bool), attention_mask(ids)

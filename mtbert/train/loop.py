@@ -103,7 +103,7 @@ class Trainer:
     ``save(directory, metrics, state)`` writes a checkpoint (None: the objective has none).
     """
 
-    def __init__(self, objective: Objective, *, max_steps: int, eval_every: int | None, patience: int = 0,
+    def __init__(self, objective: Objective, *, max_steps: int, eval_every: int | None, patience: int | None = None,
                  seed: int = 0, phase: int = 0, offset: int = 0, save: Save | None = None):
         self.objective = objective
         self.max_steps, self.eval_every, self.patience = max_steps, eval_every, patience

@@ -56,7 +56,7 @@ class Phase:
 
     def config(self, run_config: RunConfig, index: int) -> RunConfig:
         """The config this phase trains with (``phase_config``); the run's own without ``phases``."""
-        return phase_config(run_config, index) if run_config.phases else run_config
+        return phase_config(run_config, index)
 
     def trainer(self, run: Any, index: int, offset: int) -> Trainer:
         """The training loop over this phase, on the run's model as it is now."""
@@ -90,7 +90,7 @@ class Specialist(Phase):
     def config(self, run_config: RunConfig, index: int) -> RunConfig:
         cfg = super().config(run_config, index)
         if cfg.grad.method != "sum":  # the specialists share no trainable weight: every combiner would reduce to the sum
-            cfg = cfg.with_overrides({"grad.method": "sum"})
+            cfg = dataclasses.replace(cfg, grad=dataclasses.replace(cfg.grad, method="sum"))
         return cfg
 
     def start(self, run: Any) -> None:

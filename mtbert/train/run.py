@@ -26,7 +26,7 @@ from mtbert.train.device import resolve_device
 from mtbert.train.loop import OnEval, Stop, Trainer, TrainResult
 from mtbert.train.mlm import MlmResult
 from mtbert.train.phases import PHASES, Hooks, Phase
-from mtbert.validation import load_config
+from mtbert.validation import load_config, validate
 
 
 def build_run(config: RunConfig, resume: str | Path | None = None) -> tuple[MultiTaskModel, Any]:
@@ -58,9 +58,6 @@ class Run:
         # The resumed phase's trainer, its state loaded now: a state that does not fit this config
         # and data (another schedule, other training files) is refused before any training.
         self.resumed = self.resumed_trainer(state) if state is not None else None
-
-    def phase_config(self, index: int) -> RunConfig:
-        return self.plugins[index].config(self.config, index)
 
     @property
     def total_steps(self) -> int:
@@ -202,8 +199,10 @@ def check_out_dir(out_dir: str) -> None:
 
 def open_run(config: RunConfig, resume: str | Path | None = None, data: TaskData | None = None) -> Run:
     """A run ready to go: model and tokenizer (fresh, or a checkpoint's with the state of the phase
-    it was saved in), and the data (prepared here unless given). A resume is checked first: its
-    settings fixed at resume, then its saved state, before any weights or data load."""
+    it was saved in), and the data (prepared here unless given). The config is checked as a whole
+    first (a config built in code, ``RunConfig().with_overrides(...)``, is checked here), then a
+    resume: its settings fixed at resume, then its saved state, before any weights or data load."""
+    validate(config)
     state = None
     if resume:
         check_resume(config, resume)

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray.tune import ExperimentAnalysis
 
+from mtbert.evaluate import is_score
 from search.engine.searcher import optuna_states
 from search.errors import SearchError
 
@@ -41,7 +41,7 @@ def read_trials(experiment: Path, metric: str, mode: str) -> list[TuneTrial]:
         df = frames.get(trial.trial_id)
         rows = df.to_dict("records") if df is not None and len(df) else []
         # a trial that stopped on a non-finite loss reports NaN last: its best is an earlier evaluation
-        scored = any(_finite(r.get(metric)) for r in rows)
+        scored = any(is_score(r.get(metric)) for r in rows)
         checkpoint = analysis.get_best_checkpoint(trial, metric, mode) if scored else None
         name = trial.run_metadata.error_filename
         trials.append(TuneTrial(
@@ -51,7 +51,3 @@ def read_trials(experiment: Path, metric: str, mode: str) -> list[TuneTrial]:
             state=states.get(trial.trial_id),
         ))  # fmt: skip
     return trials
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -75,10 +75,6 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def shutdown() -> None:
-    ray.shutdown()
-
-
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
     """``connect(address)`` for the block; Ray is shut down after it if the block started it."""
@@ -87,4 +83,4 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
     finally:
         if started:
-            shutdown()
+            ray.shutdown()

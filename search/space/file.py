@@ -5,10 +5,10 @@
     config = space.config_for(trial_params)            # the trial's validated RunConfig
 
 Everything that can be wrong with a space is found here, before Ray starts or any folder exists:
-the base run config (``mtbert.config``'s checks and ``mtbert.validation``), the dimensions' format and
-conditions (``search.space.dimensions``, ``search.space.conditions``), the tune settings
-(``search.space.settings``), and what the dimensions do to the run (``search.space.checks``): each dimension's extreme values (both ends of a range, every choice), and
-those of each pair of choice and int dimensions, are applied to the base and validated as a run
+the base run config (``mtbert.config``'s checks and ``mtbert.validation``), the dimensions' format
+and conditions (``search.space.dimensions``, ``search.space.conditions``), the tune settings
+(``search.space.settings``), and what the dimensions do to the run (``search.space.checks``): each
+dimension's extreme values (both ends of a range, every choice), and those of each pair of choice and int dimensions, are applied to the base and validated as a run
 config, with the dimensions they depend on or switch on set accordingly. Every number is finite
 (no .inf or .nan in a bound, step, choice, run setting or tune value). A bad value fails as one
 ``SpaceError`` naming the file, the key path and what is allowed.
