@@ -13,7 +13,8 @@ module imports only from its own row and the rows above it):
     data/             course files and malformed rows (course), token cache, task sampling schedules
     model/            minBERT (bert), pretrained weights, heads, the multi-task model, task encoders
     data/             a run's data, tokenised as each head reads it (prepare), task streams (stream),
-                      masked-LM sentences (sentences), ``mtbert-train data check`` (check)
+                      masked-LM sentences (sentences), ``mtbert-train data check`` (check),
+                      the sentences a user hands to ``predict`` (inputs)
     methods/          one file per gradient combiner (grad.method)
     evaluate.py       metrics and the course's prediction files
     train/            losses, the optimizer and LR schedules (optim)
@@ -22,7 +23,8 @@ module imports only from its own row and the rows above it):
     predict.py        a model's predictions, dev evaluation, a checkpoint's final evaluation
     train/            the one training loop (loop), its objectives (multitask, mlm), the phases as
                       plug-ins (phases), a whole run and ``train`` (run), what a run reports (summary)
-    ensemble.py, cli.py   prediction rules; ``mtbert-train``: argument parsing and output
+    ensemble.py       prediction rules, greedy selection, an ensemble folder read back
+    serve.py, cli.py  a model on new text (``mtbert-train predict``); ``mtbert-train``: arguments and output
     __init__.py       this API
 
 ``mtbert`` never imports ``search``, ``ray`` or ``optuna``.

@@ -1,10 +1,12 @@
 """``mtbert-train``: one multi-task training run, no Ray.
 
     mtbert-train CONFIG.yaml [--set KEY=VALUE ...] [--resume CKPT] [--json]
+    mtbert-train predict MODEL --task sst|para|sts (--input FILE | --text TEXT [--text2 TEXT]) [--out FILE]
     mtbert-train data fetch [--dest DIR]     download the course files (needs the internet)
     mtbert-train data check [--dir DIR]      read every course file and report malformed rows
 
-Exit codes: 0 done, 2 bad input (config, data, encoder source, checkpoint to resume), 1 failure,
+``--set`` takes one or more KEY=VALUE after one flag, and repeats. Exit codes: 0 done, 2 bad input
+(config, data, encoder source, checkpoint to resume; for ``predict``, the input and the model folder), 1 failure,
 130 interrupted (Ctrl-C: the run stops after the step in progress, saves ``<out_dir>/last`` and
 prints the command that resumes it; a second Ctrl-C stops at once).
 """
@@ -23,17 +25,22 @@ from mtbert.tasks import QUORA_NOTE
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
+PROGRESS_ROWS = 2000  # predict: a progress bar from this many rows on (or whenever stderr is a terminal)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mtbert-train",
         description="Fine-tune one minBERT encoder on SST sentiment, Quora paraphrase and STS similarity at once.",
-        epilog="Data commands: 'mtbert-train data fetch [--dest DIR]', 'mtbert-train data check [--dir DIR]'.",
+        epilog="Other commands: 'mtbert-train predict MODEL --task TASK --input FILE' (see 'mtbert-train predict "
+        "--help'), 'mtbert-train data fetch [--dest DIR]', 'mtbert-train data check [--dir DIR]'.",
     )
-    p.add_argument("config", help="run config YAML (a search space file works too: its base point is trained)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting by its dotted name, e.g. --set optim.lr=1e-5 (repeatable)")
+    p.add_argument("config", nargs="?",
+                   help="run config YAML (a search space file works too: its base point is trained)")  # fmt: skip
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override settings by their dotted names, one or more after one flag: --set optim.lr=1e-5 "
+                   "train.max_steps=100 (the flag repeats too); a config typed after them is still the config, "
+                   "or put -- before it")  # fmt: skip
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint saved with its state (<out_dir>/last)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,10 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["data"]:
             return data_main(argv[1:])
-        return train_main(build_parser().parse_args(argv))
+        if argv[:1] == ["predict"]:
+            return predict_main(argv[1:])
+        return train_main(parse_train_args(argv))
     except KeyboardInterrupt:  # before training started (loading), or a second Ctrl-C
         print("mtbert-train: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def parse_train_args(argv: list[str]) -> argparse.Namespace:
+    """The arguments of a training run; the config may follow ``--set``'s KEY=VALUE items."""
+    from mtbert.config.run import split_set
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.overrides, args.config = split_set(args.overrides, args.config)
+    if args.config is None:
+        parser.error("the following arguments are required: config")
+    return args
 
 
 def data_main(argv: list[str]) -> int:
@@ -158,6 +179,85 @@ def train_main(args: argparse.Namespace) -> int:
         print_table(summary, final.sst_confusion if final else result.sst_confusion)
     if config.model.encoder == DEFAULT_ENCODER:
         print(QUORA_NOTE, file=sys.stderr)
+    return 0
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    from mtbert.serve import FORMATS, KINDS
+    from mtbert.tasks import TASKS
+
+    p = argparse.ArgumentParser(
+        prog="mtbert-train predict",
+        description=f"Predict with a trained model on your own sentences. MODEL is {KINDS}.",
+        epilog="Output: one row per input: its id (if the input has ids), then sst: label (0-4) and prob_0 ... "
+        "prob_4; para: label (1: paraphrase) and prob_paraphrase; sts: score (0-5).",
+    )
+    p.add_argument("model", help="a checkpoint, an export rank (OUT/rank-N) or an ensemble folder")
+    p.add_argument("--task", required=True, choices=TASKS, help="sst: sentiment; para: paraphrase; sts: similarity")
+    p.add_argument("--input", metavar="FILE", help="a CSV/TSV with a header naming sentence (sst) or sentence1, "
+                   "sentence2 (para, sts), and optionally id; a course data file; JSON lines; - for stdin")  # fmt: skip
+    p.add_argument("--text", help="one sentence (the first of a pair)")
+    p.add_argument("--text2", help="the pair's second sentence (para, sts)")
+    p.add_argument("--out", metavar="FILE", help="write the rows here (default: stdout)")
+    p.add_argument("--format", choices=FORMATS, help="csv (default) or jsonl (the default for an --out *.jsonl)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cpu, cuda, cuda:N")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA (mtbert-train's final evaluation "
+                   "predicts in fp32: its prediction files are reproduced exactly on a GPU too)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def predict_main(argv: list[str]) -> int:
+    """``mtbert-train predict``: the input and the model folder checked before any weights load."""
+    from mtbert.config.fields import ConfigError
+    from mtbert.data.course import DataError
+    from mtbert.data.inputs import from_text, read_inputs
+    from mtbert.ensemble import EnsembleError
+    from mtbert.model.pretrained import EncoderLoadError
+    from mtbert.serve import open_model, predict_inputs, write_rows
+    from mtbert.train.checkpoint import CheckpointError
+    from mtbert.train.device import resolve_device
+
+    args = predict_parser().parse_args(argv)
+    fmt = args.format or ("jsonl" if args.out and args.out.endswith(".jsonl") else "csv")
+    try:
+        if (args.input is None) == (args.text is None):
+            raise DataError("give --input FILE (- for standard input) or --text, one of the two")
+        if args.text2 is not None and args.text is None:
+            raise DataError("--text2 is the second sentence of a pair: give the first with --text")
+        inputs = from_text(args.task, args.text, args.text2) if args.input is None else read_inputs(args.task, args.input)
+        if args.out and (Path(args.out).is_dir() or not Path(args.out).absolute().parent.is_dir()):
+            raise DataError(f"--out {args.out} must be a file in an existing folder")
+        model = open_model(args.model, args.task)
+        device = resolve_device(args.device)
+    except (DataError, CheckpointError, EnsembleError, ConfigError) as e:
+        print(f"mtbert-train predict: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for row in inputs.skipped:
+        print(f"malformed row skipped: {row}", file=sys.stderr)
+    total = len(inputs) * len(model.members)
+    bar = None
+    if not args.no_progress and (sys.stderr.isatty() or total >= PROGRESS_ROWS):
+        from tqdm import tqdm
+
+        # into a log (no terminal), an update every 10 s rather than ten a second
+        bar = tqdm(total=total, desc=f"predicting {args.task}", unit="row", file=sys.stderr,
+                   mininterval=0.1 if sys.stderr.isatty() else 10)  # fmt: skip
+    try:
+        pred = predict_inputs(model, args.task, inputs, device, bf16=device.type == "cuda" and not args.fp32,
+                              on_batch=bar.update if bar else None)  # fmt: skip
+    except (CheckpointError, EncoderLoadError) as e:
+        print(f"mtbert-train predict: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if bar:
+            bar.close()
+    if args.out is None:
+        write_rows(sys.stdout, args.task, pred, fmt)
+        return 0
+    with open(args.out, "w", encoding="utf-8", newline="") as stream:
+        n = write_rows(stream, args.task, pred, fmt)
+    print(f"{n} {args.task} prediction(s) of {model.kind} {model.path} written to {args.out}", file=sys.stderr)
     return 0
 
 

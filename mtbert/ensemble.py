@@ -24,13 +24,19 @@ times each was picked); it stops when no addition raises the score, or after ``m
 The ensemble's dev score is therefore never below its best member's. Tasks are selected
 separately: ``overall`` is a sum of one term per task (``task_score``), so the best combination
 per task is the best overall.
+
+An ensemble folder (what ``mtbert-search ensemble --out`` writes) is read back by ``read_ensemble``
+from its ``report.json``: each member's checkpoint, and per task the rule and the times each member
+was picked (its weight), so ``mtbert-train predict`` applies an ensemble as it was chosen.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -41,6 +47,7 @@ from mtbert.tasks import TASKS
 
 DEFAULT_ROUNDS = 25
 DEFAULT_RULES = {"sst": "mean_probs", "para": "mean", "sts": "mean"}
+REPORT_FILE = "report.json"  # in an ensemble folder: members, weights, rules, scores
 
 Rule = Callable[[Tensor, Tensor], Tensor]  # (outputs (M, N, ...), weights (M,)) -> labels (N,)
 RULES: dict[str, Registry[Rule]] = {task: Registry(f"{task} combiner") for task in TASKS}
@@ -62,6 +69,14 @@ def combine(task: str, name: str, outputs: Tensor, weights: Tensor) -> Tensor:
         raise ValueError(f"weights are {w.tolist()}, but must be {len(outputs)} non-negative numbers, not all 0")
     used = w > 0  # members weighted 0 take no part (a NaN among them would spoil the sums)
     return _registry(task).get(name)(outputs[used].double(), w[used] / w.sum())
+
+
+def mean_output(outputs: Tensor, weights: Tensor) -> Tensor:
+    """The members' weighted mean output (N, ...): sst class probabilities, para P(paraphrase), sts
+    score; what ``mtbert-train predict`` shows beside an ensemble's labels (which come from ``combine``)."""
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    used = w > 0
+    return _mean(outputs[used].double(), w[used] / w.sum())
 
 
 def _mean(outputs: Tensor, w: Tensor) -> Tensor:
@@ -152,3 +167,52 @@ def _registry(task: str) -> Registry[Rule]:
     if task not in RULES:
         raise ValueError(f"task is {task!r}, but must be one of: {', '.join(TASKS)}")
     return RULES[task]
+
+
+# ---- an ensemble folder --------------------------------------------------------------------------
+
+
+class EnsembleError(ValueError):
+    """An ensemble folder that cannot be used; the message names the file and what is expected."""
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """An ensemble folder as ``report.json`` records it."""
+
+    folder: Path
+    checkpoints: dict[str, Path]  # member name -> its checkpoint
+    counts: dict[str, dict[str, int]]  # task -> {member name: times picked}; the weights are their shares
+    rules: dict[str, str]  # task -> the rule (``RULES[task]``)
+    report: dict
+
+    def members(self, task: str) -> list[tuple[str, Path, int]]:
+        """(name, checkpoint, count) of the members ``task`` uses, in ``report.json``'s order."""
+        return [(n, self.checkpoints[n], self.counts[task][n]) for n in self.checkpoints if self.counts[task].get(n)]
+
+
+def read_ensemble(folder: str | Path) -> EnsembleSpec:
+    """The members, counts and rules of an ensemble folder; ``EnsembleError`` naming ``report.json``
+    and what is wrong if it does not read (no checkpoint is opened here)."""
+    path = Path(folder) / REPORT_FILE
+    expects = ("expected the report.json that 'mtbert-search ensemble' writes (members with their checkpoints; "
+               "ensemble.counts and combiners per task)")  # fmt: skip
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EnsembleError(f"{path} does not read ({e}); {expects}") from None
+    try:
+        checkpoints = {str(m["name"]): Path(m["checkpoint"]) for m in report["members"]}
+        counts = {t: {str(n): int(c) for n, c in report["ensemble"]["counts"][t].items()} for t in TASKS}
+        rules = {t: str(report["combiners"][t]) for t in TASKS}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise EnsembleError(f"{path} lacks {e} or holds it in another shape; {expects}") from None
+    for task in TASKS:
+        if rules[task] not in _registry(task):
+            raise EnsembleError(f"{path}: combiners.{task} is {rules[task]!r}, but must be one of: "
+                                f"{', '.join(_registry(task))}")  # fmt: skip
+        unknown = [n for n in counts[task] if n not in checkpoints]
+        if unknown or sum(counts[task].values()) <= 0 or any(c < 0 for c in counts[task].values()):
+            raise EnsembleError(f"{path}: ensemble.counts.{task} is {counts[task]}, but must give members listed "
+                                "under members a non-negative count each, not all 0")  # fmt: skip
+    return EnsembleSpec(Path(folder), checkpoints, counts, rules, report)

@@ -4,6 +4,7 @@ checkpoint's final evaluation on the full dev sets with its prediction files for
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,9 @@ def predict(model: MultiTaskModel, task: str, ds: TaskDataset, device: torch.dev
 
 @torch.inference_mode()
 def predict_outputs(model: MultiTaskModel, task: str, ds: TaskDataset, device: torch.device,
-                    bf16: bool = False) -> TaskPredictions:  # fmt: skip
-    """``predict`` with the head's probabilities too (what ensembles average)."""
+                    bf16: bool = False, on_batch: Callable[[int], None] | None = None) -> TaskPredictions:  # fmt: skip
+    """``predict`` with the head's probabilities too (what ensembles average); ``on_batch(n)`` is
+    called after each batch of ``n`` examples (a progress bar)."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(ds)), key=ds.lengths().__getitem__)
@@ -72,6 +74,8 @@ def predict_outputs(model: MultiTaskModel, task: str, ds: TaskDataset, device: t
         preds.append(pred.label.cpu())
         probs.append(None if pred.probs is None else pred.probs.float().cpu())
         golds.append(batch["labels"])
+        if on_batch is not None:
+            on_batch(len(batch["ids"]))
     model.train(was_training)
     back = torch.empty(len(order), dtype=torch.long)
     back[torch.tensor(order)] = torch.arange(len(order))  # position of each example in sorted order

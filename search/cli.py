@@ -1,6 +1,7 @@
 """``mtbert-search``: hyperparameter search over multi-task runs (Ray Tune, Optuna, ASHA).
 
     mtbert-search SPACE.yaml [--set KEY=VALUE ...] [--smoke] [--json] [--profile cpu|gpu] [--address ADDR]
+                             (--set takes one or more KEY=VALUE after one flag, and repeats)
     mtbert-search resume DIR [--json] [--address ADDR]
     mtbert-search export DIR [--top-k K] --out OUT
     mtbert-search status DIR [--format text|csv|markdown]
@@ -48,14 +49,17 @@ def search_parser() -> argparse.ArgumentParser:
         "'mtbert-search ensemble DIR [--top-k K] [--retrain-seeds S] --out OUT [--json]', "
         "'mtbert-search report DIR --out OUT', 'mtbert-search cluster check [CLUSTER.yaml]'.",
     )
-    p.add_argument("space", help="search space YAML: a run config plus search: and tune: sections")
+    p.add_argument("space", nargs="?", help="search space YAML: a run config plus search: and tune: sections")
     p.add_argument(
         "--set",
         dest="overrides",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override a run setting (optim.lr=1e-5) or a search setting (tune.num_samples=8); repeatable",
+        help="override run settings (optim.lr=1e-5) or search settings (tune.num_samples=8), one or more after one "
+        "flag: --set optim.lr=3e-5 train.max_steps=100 (the flag repeats too); a space file typed after them is "
+        "still the space file, or put -- before it",
     )
     p.add_argument("--smoke", action="store_true", help="shrink everything: the whole pipeline in about a minute")
     p.add_argument("--profile", choices=("cpu", "gpu"), help="resource profile (default: gpu when one is visible)")
@@ -133,12 +137,47 @@ def main(argv: list[str] | None = None) -> int:
             mains = {"resume": resume_main, "export": export_main, "status": status_main, "ensemble": ensemble_main,
                      "report": report_main, "cluster": cluster_main}  # fmt: skip
             return mains[command](args)
-        args = search_parser().parse_args(argv)
+        args = parse_search_args(argv)
         args.argv = argv
         return search_main(args)
     except KeyboardInterrupt:  # before or after the work that says more (run_and_report, ensemble_main)
         print("mtbert-search: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def parse_search_args(argv: list[str]) -> argparse.Namespace:
+    """The arguments of a search; the space file may follow ``--set``'s KEY=VALUE items."""
+    from mtbert.config.run import split_set
+
+    parser = search_parser()
+    args = parser.parse_args(argv)
+    args.overrides, args.space = split_set(args.overrides, args.space)
+    if args.space is None:
+        parser.error("the following arguments are required: space")
+    return args
+
+
+def watch_line(experiment: Path) -> str:
+    """The line a user needs to follow a search while it runs."""
+    folder = shlex.quote(str(experiment))
+    return f"watch it: tensorboard --logdir {folder} (or: mtbert-search status {folder})"
+
+
+def next_steps(experiment: Path) -> list[str]:
+    """The commands that use a finished search, its folder filled in."""
+    folder, out = shlex.quote(str(experiment)), experiment / "export"
+    steps = [
+        (f"mtbert-search export {folder} --top-k 3 --out {shlex.quote(str(out))}",
+         "the best checkpoints, each with a model card"),
+        (f"mtbert-train predict {shlex.quote(str(out / 'rank-1'))} --task sst --text 'A gorgeous, witty film.'",
+         "then: the best one on your own text"),
+        (f"mtbert-search ensemble {folder} --top-k 3 --out {shlex.quote(str(experiment / 'ensemble'))}",
+         "the best trials combined per task"),
+        (f"mtbert-search report {folder} --out {shlex.quote(str(experiment / 'report'))}",
+         "tables and figures in index.html"),
+    ]  # fmt: skip
+    width = max(len(command) for command, _ in steps)
+    return ["next steps:", *(f"  {command:{width}}  # {what}" for command, what in steps)]
 
 
 def bad_input(error: Exception) -> int:
@@ -196,6 +235,7 @@ def search_main(args: argparse.Namespace) -> int:
                                "elsewhere")  # fmt: skip
         for note in space.notes:
             print(note, file=out)
+        print(watch_line(experiment_dir(space)), file=out, flush=True)
         launch = Launch(args.space, dict(overrides), space.profile, args.smoke)  # resume loads the space the same way
         run = functools.partial(run_search, space, launch, text, setup, data, address=args.address)
         return run_and_report(run, space, args.json, experiment_dir(space))
@@ -250,6 +290,7 @@ def resume_main(args: argparse.Namespace) -> int:
         return bad_input(e)
     if lock.taken_over:
         print(lock.taken_over, file=sys.stderr if args.json else sys.stdout)
+    print(watch_line(experiment), file=sys.stderr if args.json else sys.stdout, flush=True)
     run = functools.partial(resume_search, experiment, space, launch, address=args.address)
     with lock:
         return run_and_report(run, space, args.json, experiment)
@@ -287,6 +328,8 @@ def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int
               file=sys.stderr)  # fmt: skip
         return 1
     note_quora(space, best)
+    for line in next_steps(Path(summary["experiment"])):
+        log(line)
     return 0
 
 
@@ -367,9 +410,29 @@ def print_summary(summary: dict[str, Any]) -> None:
         + ("; full dev: the best checkpoint on the whole dev sets" if full else "")
         + ")"
     )
+    print_final_pick(summary)
     print(f"config: {best['config']}")
     print(f"checkpoint: {best['checkpoint']}")
     print(f"results: {summary['experiment']} (tensorboard --logdir {summary['experiment']})")
+
+
+def print_final_pick(summary: dict[str, Any]) -> None:
+    """The finalists scored on the full dev sets, in the final order, with both scores (``search.summary``)."""
+    finalists, metric = summary.get("finalists") or [], summary["metric"]
+    if len(finalists) < 2:
+        return
+    rows = summary.get("selection_dev_examples")
+
+    def score(scores: dict[str, Any] | None) -> str:
+        value = (scores or {}).get(metric)
+        return "-" if value is None else f"{value:.4f}"
+
+    print(f"final pick: {summary.get('rank_rule')}")
+    print(f"  {'trial':12}{'selection (' + (f'{rows} dev rows/task' if rows else 'all dev rows') + ')':>32}"
+          f"{'full dev':>10}")  # fmt: skip
+    for f in finalists:
+        selection = f"{score(f['selection'])} (#{f['selection_rank']})"
+        print(f"  {f['trial_id']:12}{selection:>32}{score(f['full_dev']):>10}")
 
 
 def export_main(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
     OUT/
         report.json                every member's and the ensemble's full-dev scores, the weights
+                                   (``mtbert.ensemble.read_ensemble`` reads it: ``mtbert-train predict OUT``)
+        README.md                  the model card (``search.card``)
         sst-dev-output.csv, sst-test-output.csv, para-..., sts-...
                                    the ensemble's predictions in the course's submission format
         members/<name>/            one member's raw outputs on the full dev and test sets:
@@ -33,13 +35,15 @@ from typing import Any
 
 import torch
 
+from mtbert.ensemble import REPORT_FILE as ENSEMBLE_REPORT
+from search.card import CARD_FILE, ensemble_card
 from search.engine.trainable import TrialSetup, fixed_settings
 from search.errors import SearchError, SpaceError
 from search.export import check_out_folder
 from search.launch import saved_space
 from search.results import TrialRecord, load_results
 
-REPORT_FILE = "report.json"
+REPORT_FILE = ENSEMBLE_REPORT  # what mtbert.ensemble.read_ensemble reads back (mtbert-train predict)
 MEMBERS_DIR = "members"
 RETRAIN_DIR = "retrain"
 RETRAIN_FILE = "retrain.json"  # in RETRAIN_DIR: which trials and seeds it trains
@@ -231,7 +235,9 @@ def build(p: Plan, *, address: str | None = None, log: Log = print) -> dict[str,
     timings["select_s"] = time.perf_counter() - start
     report["failed"] = failed
     report["seconds"] = {k: round(v, 2) for k, v in timings.items()}
-    (p.out / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    encoders = [o.encoder for o in outputs.values() if o.encoder]
+    (p.out / CARD_FILE).write_text(ensemble_card(p.out, report, encoders), encoding="utf-8")
+    (p.out / REPORT_FILE).write_text(json.dumps(report, indent=2))  # last: it marks the ensemble done
     return report
 
 

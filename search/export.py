@@ -6,11 +6,16 @@
         heads.safetensors
         config.yaml         the trial's full resolved run config (``mtbert-train`` accepts it)
         metrics.json        the dev metrics of the exported evaluation (on the selection subset)
-        predictions/        only for the trial scored on the full dev sets at the end of the search
-        trial.json          trial id, rank, sampled settings (dotted keys, real values), score
+        predictions/        only for the trials scored on the full dev sets at the end of the search
+        trial.json          trial id, rank, sampled settings (dotted keys, real values), the scores on the
+                            selection subset (``selection``, ``selection_dev_examples`` rows per task) and,
+                            for a finalist, on the full dev sets (``full_dev``, ``full_dev_examples``),
+                            ``rank_rule``
+        README.md           the model card (``search.card``): scores labelled by their dev rows, settings, use
 
-Trials are ranked by their best result on the search metric; each exports the checkpoint of that
-result. The resumable ``state/`` (optimizer, RNG) stays behind: an export is for use, and
+Trials are ranked as the search ranks them (``SearchResults.ranked``): the finalists of its final
+pick by their full-dev score, then the others by their best result on the selection subset; each
+exports the checkpoint of that result. The resumable ``state/`` (optimizer, RNG) stays behind: an export is for use, and
 ``mtbert.train.checkpoint.load_checkpoint`` reads it (safetensors and JSON only).
 
 Every checkpoint is checked as loading checks it (``mtbert.train.checkpoint.check_checkpoint``: headers
@@ -27,6 +32,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from search.card import write_card
 from search.engine.trainable import TRAINING_ITERATION
 from search.errors import SearchError
 from search.results import SCORE_KEYS, SearchResults, TrialRecord, decoded, load_results
@@ -92,13 +98,24 @@ def checked_metrics(trial: TrialRecord) -> dict[str, Any]:
 
 def trial_info(rank: int, trial: TrialRecord, metrics: dict[str, Any], results: SearchResults,
                space: Any) -> dict[str, Any]:  # fmt: skip
-    return {
+    final = results.finalist(trial.trial_id) or {}
+    info = {
         "rank": rank, "trial_id": trial.trial_id, "metric": results.metric, "mode": results.mode,
         "score": trial.best[results.metric], "scores": {k: metrics[k] for k in SCORE_KEYS if k in metrics},
         "params": decoded(space, trial.params), "step": metrics.get("step"),
         "iteration": trial.best.get(TRAINING_ITERATION), "optuna_state": trial.state, "tune_status": trial.status,
         "source": str(trial.checkpoint), "experiment": str(results.experiment),
+        # both scores, each with the dev rows it is on; the rank follows results.ranked() (rank_rule)
+        "selection": {k: metrics[k] for k in SCORE_KEYS if k in metrics},
+        "full_dev": final.get("full_dev"), "full_dev_examples": final.get("full_dev_examples"),
+        "finalist": bool(final), "rank_rule": results.rank_rule or f"by {results.metric} on the selection subset",
     }  # fmt: skip
+    if results.rank_rule:  # the search has ended: its summary says (None: the whole dev sets)
+        info["selection_dev_examples"] = results.selection_dev_examples
+    elif space is not None:
+        info["selection_dev_examples"] = space.base.data.max_eval_per_task
+    # else left out: the card reads it from the checkpoint's config
+    return info
 
 
 def _copy_rank(source: Path, out: Path, rank: int, info: dict[str, Any]) -> Path:
@@ -112,6 +129,7 @@ def _copy_rank(source: Path, out: Path, rank: int, info: dict[str, Any]) -> Path
             shutil.rmtree(tmp)
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("state", "*.tmp"))
         (tmp / TRIAL_FILE).write_text(json.dumps(info, indent=2, default=str))
+        write_card(tmp, info, shown=str(dest))
         out.mkdir(parents=True, exist_ok=True)
         tmp.rename(dest)
     except OSError as e:

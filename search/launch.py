@@ -5,7 +5,9 @@ Layout of a search's folder, ``<tune.storage_path>/<tune.name>``:
     space.yaml, search.json       the space file as given and how it was loaded (``Launch``, for ``resume``)
     trial_<id>/                   one per trial: result.json, progress.csv, params.json, the
                                   TensorBoard event files, checkpoint_<n>/ (mtbert checkpoints)
-    summary.json                  the best trial, written when the search ends (``search.summary``)
+    summary.json                  the final pick and best trial, written when the search ends (``search.summary``)
+    final-eval.json               the full-dev scores of the finalists scored so far (a resume does not redo them)
+    asha-rungs.json               ASHA's rungs and decisions, for ``resume`` (``search.engine.rungs``)
     search.lock                   while a command writes here: which one (``search.lock``)
     experiment_state-*.json, tuner.pkl, searcher-state-*.pkl, ...   Ray Tune's and Optuna's state
 
@@ -48,6 +50,9 @@ class Launch:
     mode: str = "max"
     max_t: int = 1
     fixed: dict[str, Any] = field(default_factory=dict)
+    # the run config names Tune's CSV and JSON loggers itself (searches started by earlier versions
+    # relied on Tune adding them, which a resume must then let it do: ``run_restored(tune_loggers=)``)
+    explicit_loggers: bool = False
 
     def save(self, experiment: Path, space_text: str) -> None:
         experiment.mkdir(parents=True, exist_ok=True)
@@ -195,6 +200,7 @@ def run_search(space: Any, launch: Launch, space_text: str, setup: TrialSetup, d
         space.tune.mode,
         max_t(space),
     )
+    launch.explicit_loggers = True
     launch.save(experiment, space_text)
     run_new(space, setup, data, experiment, address=address, log=log)
     return experiment
@@ -213,7 +219,8 @@ def resume_search(experiment: Path, space: Any, launch: Launch, *, address: str 
     if saved and not can_restore(experiment):
         raise SearchError(f"{experiment} holds Ray Tune's trial states but not its tuner.pkl; it cannot be resumed")
     data = read_data(setup, log)  # a data file that moved or broke since: an error before Ray starts
-    run_restored(experiment, space, setup, data, saved=saved, address=address, log=log)
+    run_restored(experiment, space, setup, data, saved=saved, address=address,
+                 tune_loggers=not launch.explicit_loggers, log=log)
     return experiment
 
 
@@ -223,7 +230,9 @@ def saved_space(experiment: str | Path) -> tuple[Any, Launch]:
     if not experiment.is_dir():
         raise SearchError(f"{experiment} is not a folder; give a search folder, <tune.storage_path>/<tune.name>")
     launch = Launch.read(experiment)
-    space = load_space(experiment / SPACE_COPY, launch.overrides or None, profile=launch.profile, smoke=launch.smoke)
+    # tune.warm_start's files and folders are read only if the search starts again (its searcher holds them)
+    space = load_space(experiment / SPACE_COPY, launch.overrides or None, profile=launch.profile, smoke=launch.smoke,
+                       read_warm_start=False)  # fmt: skip
     # the copy's name is not the search's: the search is where it is now
     space.tune = dataclasses.replace(space.tune, storage_path=str(experiment.parent), name=experiment.name)
     space.notes = [f"results: {experiment};{n.split(';', 1)[1]}" if n.startswith("results: ") and ";" in n else n

@@ -5,6 +5,7 @@
     importance        Optuna's parameter importances (computed by ``search.engine.searcher.param_importances``)
     dimensions        the main dimensions' sampled values against each trial's best metric
     gradient_curves   grad_cos_<a>_<b> and grad_conflict_frac per trial, when the trials report them
+    pbt_schedules     PBT: the values of the mutated settings over global steps per trial, exploits marked
 
 Each builder returns a matplotlib ``Figure``, or a sentence saying why there is nothing to draw.
 Figures are made with ``Figure()`` on an Agg canvas, never through pyplot: no display is needed,
@@ -73,11 +74,15 @@ def ending(trial: TrialRecord, max_t: int) -> str:
 
 
 def ordered(results: SearchResults) -> list[TrialRecord]:
-    """Trials best first by their best metric (as the report's table lists them), those without one last."""
+    """Trials best first (as the report's table lists them): the search's order (``results.ranked``,
+    its final pick first once it has ended), then trials without a checkpoint by their best metric,
+    those without one last."""
     sign = -1 if results.mode == "max" else 1
-    scored = [t for t in results.trials if t.best and _number(t.best.get(results.metric)) is not None]
-    rest = [t for t in results.trials if t not in scored]
-    return sorted(scored, key=lambda t: sign * t.best[results.metric]) + rest
+    ranked = results.ranked()
+    scored = [t for t in results.trials if t.best and _number(t.best.get(results.metric)) is not None
+              and t not in ranked]  # fmt: skip
+    rest = [t for t in results.trials if t not in scored and t not in ranked]
+    return ranked + sorted(scored, key=lambda t: sign * t.best[results.metric]) + rest
 
 
 def styles(trial_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -303,6 +308,77 @@ def gradient_curves(results: SearchResults, histories: dict[str, list[dict]], to
     fig.legend(handles, names, loc="outside right upper", fontsize=8, title=f"the {len(trials)} best\ntrial(s)",
                title_fontsize=8, frameon=False)  # fmt: skip
     fig.suptitle("gradient conflict between tasks on the shared encoder (at the evaluation's last diagnosed step)")
+    return fig
+
+
+# ---- PBT's schedules --------------------------------------------------------------------------------
+
+
+def pbt_schedules(results: SearchResults, values: dict[str, dict[str, Any]],
+                  keys: list[str]) -> dict[str, dict[str, list[tuple]]]:  # fmt: skip
+    """``{trial id: {key: [(start step, end step, value), ...]}}``: what each trial with results
+    trained with, over global steps, from its lineage (``search.lineage.schedule``); ``values`` maps
+    a trial id to its decoded settings now (after its last exploit)."""
+    from search.lineage import schedule
+
+    out: dict[str, dict[str, list[tuple]]] = {}
+    for t in ordered(results):
+        if not t.iterations:
+            continue
+        last = _number((t.last or {}).get("step"))
+        out[t.trial_id] = {k: schedule(t.lineage, values.get(t.trial_id, {}), k, last) for k in keys}
+    return out
+
+
+def pbt_lineage(results: SearchResults, values: dict[str, dict[str, Any]], keys: list[str],
+                kinds: dict[str, str] | None = None) -> Figure | str:  # fmt: skip
+    """One panel per mutated setting (``keys``, at most ``MAX_DIMENSIONS``): each trial's value over
+    global training steps (``pbt_schedules``), a line per trial in its colour. An exploit is an
+    arrow at the step the recipient went on from, from the donor's value there to the recipient's
+    new one, labelled ``donor→recipient``; the recipient's line before it ends where it exploited."""
+    kinds = kinds or {}
+    exploits = [(t, e) for t in results.trials for e in t.lineage]
+    if not exploits:
+        return "No trial has exploited another yet: PBT records an exploit when a trial in the bottom quantile " \
+               "goes on from one in the top quantile."  # fmt: skip
+    keys = keys[:MAX_DIMENSIONS]
+    data = pbt_schedules(results, values, keys)
+    style = styles([t.trial_id for t in ordered(results)])
+    ncols = min(2, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig = new_figure(11.5, 3.6 * nrows + 0.8)
+    axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        for trial_id, segments in data.items():
+            for i, (start, end, value) in enumerate(segments.get(key, [])):
+                y = _number(value)
+                if y is not None:
+                    ax.plot([start, end], [y, y], linewidth=1.6, label=trial_id if i == 0 else None,
+                            **style[trial_id])  # fmt: skip
+        for t, e in exploits:
+            old, new = _number(e.get("donor_values", {}).get(key)), _number(e.get("after", {}).get(key))
+            x = _number(e.get("donor_step"))
+            if old is None or new is None or x is None:
+                continue
+            ax.annotate("", xy=(x, new), xytext=(x, old), gid="exploit",
+                        arrowprops={"arrowstyle": "->", "color": style[t.trial_id]["color"], "linewidth": 1.2})  # fmt: skip
+            ax.scatter([x], [new], marker="o", s=22, color=style[t.trial_id]["color"], edgecolors="black",
+                       linewidths=0.5, zorder=4)  # fmt: skip
+            ax.annotate(f"{e.get('donor')}→{t.trial_id}", (x, new), xytext=(3, 3), textcoords="offset points",
+                        fontsize=6, color=style[t.trial_id]["color"])  # fmt: skip
+        if kinds.get(key) == "loguniform":
+            ax.set_yscale("log")
+        ax.set_title(key, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(keys) :]:
+        ax.set_visible(False)
+    for ax in axes[: len(keys)][-ncols:]:
+        ax.set_xlabel("training step")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize=8, title="trial", title_fontsize=8, frameon=False)
+    fig.suptitle(f"PBT: each trial's mutated settings over training steps ({len(exploits)} exploit(s), arrows: "
+                 "donor → recipient)")  # fmt: skip
     return fig
 
 

@@ -6,6 +6,7 @@
     OUT/importance.png        Optuna's parameter importances (with enough completed trials)
     OUT/dimensions.png        the main dimensions against each trial's best metric
     OUT/gradient_conflict.png grad_cos_<a>_<b> and grad_conflict_frac (when the trials report them)
+    OUT/pbt_lineage.png       PBT searches: the mutated settings of each trial over steps, exploits marked
 
 It reads what ``status`` reads (``search.results.load_results``, the saved space and Optuna study)
 plus each trial's ``result.json``, and works on a running or interrupted search: whatever is
@@ -39,6 +40,7 @@ FIGURES = (
     ("importance", "Parameter importance"),
     ("dimensions", "Sampled settings against the metric"),
     ("gradient_conflict", "Gradient conflict"),
+    ("pbt_lineage", "PBT lineage: the schedules it found"),
 )
 TOP_TRIALS = 5
 GRADIENT_TRIALS = 8
@@ -228,7 +230,32 @@ def build_sections(search: Search) -> list[Section]:
         "such conflicts away), and the fraction of task pairs in conflict, at the last diagnosed step before each "
         "evaluation.",
     ))  # fmt: skip
+    lineage = pbt_section(search, values, kinds, titles)
+    if lineage is not None:
+        sections.append(lineage)
     return sections
+
+
+def pbt_section(search: Search, values: dict[str, dict[str, Any]], kinds: dict[str, str],
+                titles: dict[str, str]) -> Section | None:  # fmt: skip
+    """The lineage figure of a PBT search (None for other schedulers): the mutated settings of the
+    saved space, else those the trials' lineage names."""
+    from search import plots
+
+    scheduler = getattr(search.space.tune, "scheduler", None) if search.space is not None else None
+    recorded = list(dict.fromkeys(k for t in search.results.trials for e in t.lineage for k in e.get("mutated", [])))
+    if (scheduler is None or scheduler.kind != "pbt") and not recorded:
+        return None
+    keys = list(scheduler.mutations or ()) if scheduler is not None and scheduler.kind == "pbt" else recorded
+    return _section(
+        "pbt_lineage", titles, plots.pbt_lineage(search.results, values, keys, kinds),
+        "Population Based Training: the value of each mutated setting each trial trained with, over global "
+        "training steps (a line per trial). When a trial exploited another (lineage.json in its folder; "
+        "'mtbert-search status' lists them), it went on from the donor's checkpoint at the donor's step with the "
+        "donor's settings, mutated: the arrow goes from the donor's value to the recipient's new one, labelled "
+        "donor→recipient, and the recipient's line goes on from there. Read along the best trial's line for the "
+        "schedule PBT found.",
+    )  # fmt: skip
 
 
 def _section(name: str, titles: dict[str, str], built: Any, caption: str) -> Section:
@@ -246,6 +273,14 @@ def png_bytes(figure: Any) -> bytes:
 # ---- the page ------------------------------------------------------------------------------------
 
 
+def subset_words(results: SearchResults) -> str:
+    """The selection subset's size, in words ("200 dev rows per task"), as far as it is known."""
+    rows = results.selection_dev_examples
+    if rows:
+        return f"{rows} dev rows per task"
+    return "the whole dev sets" if results.rank_rule else "tune.eval_subset dev rows per task"
+
+
 def table_rows(search: Search) -> tuple[list[str], list[tuple[str, list[Any]]]]:
     """The table's columns and, best first, (row class, cells) per trial."""
     from search import plots
@@ -254,8 +289,10 @@ def table_rows(search: Search) -> tuple[list[str], list[tuple[str, list[Any]]]]:
     trials = plots.ordered(results)
     params = {t.trial_id: decoded_params(search, t.params) for t in trials}
     keys = list(dict.fromkeys(k for t in trials for k in params[t.trial_id]))
+    full = any(results.finalist(t.trial_id) for t in trials)  # the final pick's full-dev scores, once it ended
     columns = ["#", "trial", "Tune status", "Optuna state", "evaluations", "ended", *keys, results.metric,
-               *(k for k in SCORE_COLUMNS if k != results.metric), "best at step"]  # fmt: skip
+               *(k for k in SCORE_COLUMNS if k != results.metric), "best at step",
+               *([f"{results.metric}, full dev"] if full else [])]  # fmt: skip
     rows = []
     for rank, t in enumerate(trials, 1):
         end = plots.ending(t, max_t)
@@ -266,6 +303,8 @@ def table_rows(search: Search) -> tuple[list[str], list[tuple[str, list[Any]]]]:
         cells = [rank if t.best else "", t.trial_id, t.status, t.state or "", f"{t.iterations} / {max_t}", ended,
                  *(params[t.trial_id].get(k, "") for k in keys), best.get(results.metric),
                  *(best.get(k) for k in SCORE_COLUMNS if k != results.metric), best.get("step")]  # fmt: skip
+        if full:
+            cells.append(((results.finalist(t.trial_id) or {}).get("full_dev") or {}).get(results.metric))
         kind = "best" if rank == 1 and t.best else end
         rows.append((kind, cells))
     return columns, rows
@@ -293,7 +332,12 @@ def header(search: Search) -> list[tuple[str, str]]:
         at = f"step {_cell(best.best.get('step'))} (evaluation {_cell(best.best.get('training_iteration'))})"
         score = _cell(best.best[results.metric])
         state = _esc(best.state or best.status)
-        lines.append(("best trial", f"{_code(best.trial_id)}: {results.metric} {score} at {at}, {state}"))
+        final = (results.finalist(best.trial_id) or {}).get("full_dev") or {}
+        full = f"; {results.metric} {_cell(final.get(results.metric))} on the full dev sets" if final else ""
+        on = f"on the selection subset ({_esc(subset_words(results))})"
+        lines.append(("best trial", f"{_code(best.trial_id)}: {results.metric} {score} {on} at {at}{full}, {state}"))
+        if results.rank_rule:
+            lines.append(("order", _esc(results.rank_rule)))
     lines.append(("time", _esc(search_time(search))))
     settings = [launch.space_file] + [f"--set {k}={v}" for k, v in launch.overrides.items()]
     settings += [f"--profile {launch.profile}"] if launch.profile else []
@@ -368,8 +412,13 @@ def trials_table(search: Search) -> str:
         items = (f"<li>{_code(t.trial_id)}: {_esc(t.error_message() or 'no error file')} ({_code(t.error)})</li>"
                  for t in failed)  # fmt: skip
         errors = "<p>Failed trials:</p><ul>" + "".join(items) + "</ul>"
-    return (f"<h2>Trials</h2><p>Best first by the best evaluation's {_esc(search.results.metric)}; the scores are "
-            "that evaluation's, on the dev selection subset. Settings are the sampled dimensions, by their "
+    results = search.results
+    order = (f"Best first: {_esc(results.rank_rule)}" if results.rank_rule
+             else f"Best first by the best evaluation's {_esc(results.metric)}")  # fmt: skip
+    full = (f"; the last column is the best checkpoint's {_esc(results.metric)} on the full dev sets (the "
+            "search's final pick)" if results.finalists else "")  # fmt: skip
+    return (f"<h2>Trials</h2><p>{order}. The scores are the best evaluation's, on the dev selection subset "
+            f"({_esc(subset_words(results))}){full}. Settings are the sampled dimensions, by their "
             "dotted keys.</p>"
             f'<div class="scroll"><table class="trials"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
             f"</div>{errors}")  # fmt: skip

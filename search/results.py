@@ -7,15 +7,17 @@ with these records only.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mtbert.evaluate import is_score
 from search.engine.trainable import STOP_KEY, TRAINING_ITERATION
 from search.errors import SearchError
-from search.launch import Launch
+from search.launch import SUMMARY_FILE, Launch
+from search.lineage import read_lineage
 
 SCORE_KEYS = ("sst_acc", "para_acc", "para_f1", "sts_pearson", "sts_spearman", "overall")
 
@@ -37,6 +39,8 @@ class TrialRecord:
     error: str | None = None  # the path of Tune's error.txt, if the trial ever failed
     stop_reason: str | None = None  # why it ended itself before its budget (a non-finite loss)
     failures: int = 0  # the times it failed (an exception, or its node was lost), retries included
+    # PBT: each time it went on from another trial's checkpoint (search.lineage; lineage.json)
+    lineage: list[dict[str, Any]] = field(default_factory=list)
 
     def error_message(self) -> str | None:
         """The exception its last failure raised, in a line or a few (None if it never failed)."""
@@ -52,12 +56,32 @@ class SearchResults:
     mode: str
     trials: list[TrialRecord]
 
-    def ranked(self) -> list[TrialRecord]:
-        """Trials with a checkpoint, best first by their best result."""
+    # The search's final pick, from summary.json (``search.summary``): the finalists scored on the
+    # full dev sets, best first there, each {trial_id, checkpoint, selection, full_dev, ...}; only
+    # those whose best checkpoint is still the one scored. Empty before the search has ended.
+    finalists: list[dict[str, Any]] = field(default_factory=list)
+    rank_rule: str | None = None  # how ``ranked`` orders the trials, in words (summary.json's)
+    selection_dev_examples: int | None = None  # dev rows per task of the selection scores; None: all
+
+    def by_selection(self) -> list[TrialRecord]:
+        """Trials with a checkpoint, best first by their best result (on the selection subset)."""
         scored = [t for t in self.trials if t.best is not None and t.checkpoint is not None
                   and t.best.get(self.metric) is not None]  # fmt: skip
         sign = -1 if self.mode == "max" else 1
         return sorted(scored, key=lambda t: (sign * t.best[self.metric], t.trial_id))
+
+    def ranked(self) -> list[TrialRecord]:
+        """Trials with a checkpoint, best first: the search's finalists in their full-dev order, then
+        the others by their best result on the selection subset (``by_selection``, all there is
+        before the search has ended or with ``tune.final_eval: none``)."""
+        order = self.by_selection()
+        head = [f["trial_id"] for f in self.finalists]
+        by_id = {t.trial_id: t for t in order}
+        return [by_id[i] for i in head if i in by_id] + [t for t in order if t.trial_id not in head]
+
+    def finalist(self, trial_id: str) -> dict[str, Any] | None:
+        """The trial's entry in the final pick (its full-dev scores), or None."""
+        return next((f for f in self.finalists if f["trial_id"] == trial_id), None)
 
 
 def load_results(experiment: str | Path) -> SearchResults:
@@ -84,8 +108,27 @@ def load_results(experiment: str | Path) -> SearchResults:
             params=trial.config, best=best, last=rows[-1] if rows else None,
             checkpoint=trial.checkpoint, path=trial.path, state=trial.state,
             error=trial.error_file, stop_reason=stop if isinstance(stop, str) else None, failures=trial.failures,
+            lineage=read_lineage(trial.path),
         ))  # fmt: skip
-    return SearchResults(experiment, metric, launch.mode, trials)
+    results = SearchResults(experiment, metric, launch.mode, trials)
+    read_final_pick(results)
+    return results
+
+
+def read_final_pick(results: SearchResults) -> None:
+    """The final pick of the search's summary.json into ``results``: its finalists whose best
+    checkpoint is still the one it scored (a search resumed since may have moved on), its rule and
+    the selection subset's size. Nothing when there is no summary or it does not read."""
+    try:
+        summary = json.loads((results.experiment / SUMMARY_FILE).read_text())
+        finalists = summary.get("finalists") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    checkpoints = {t.trial_id: str(t.checkpoint) for t in results.trials if t.checkpoint is not None}
+    results.finalists = [f for f in finalists if isinstance(f, dict)
+                         and checkpoints.get(f.get("trial_id")) == f.get("checkpoint")]  # fmt: skip
+    results.rank_rule = summary.get("rank_rule")
+    results.selection_dev_examples = summary.get("selection_dev_examples")
 
 
 def error_message(text: str, max_lines: int = 3) -> str:

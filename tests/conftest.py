@@ -117,7 +117,8 @@ def one_thread():
 # (see OTHER_KERNELS), so a tolerance that holds on one kind of processor only fails in CI anywhere.
 NUMERIC_MODULES = {
     "test_bert", "test_pretrained", "test_heads", "test_losses", "test_methods", "test_evaluate",
-    "test_ensemble", "test_merge", "test_mlm", "test_checkpoint", "test_loop", "test_phases",
+    "test_ensemble", "test_merge", "test_mlm", "test_checkpoint", "test_loop", "test_phases", "test_run",
+    "test_multitask",
 }  # fmt: skip
 
 # The other kernel set: PyTorch's own vectorised kernels without AVX (ATEN_CPU_CAPABILITY), MKL's
@@ -167,3 +168,61 @@ def no_unpickling(monkeypatch):
 
     for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load"), (torch.serialization, "load")):
         monkeypatch.setattr(module, name, refuse)
+
+
+@pytest.fixture(scope="session")
+def killed_search(data_dir, token_cache, tmp_path_factory):
+    """A real search SIGKILLed mid-way (two trials finished, one running from a checkpoint), then
+    resumed to the end (``test_resume``, ``test_rungs``): what was there at the kill, and the resume's
+    output."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import finished, running_past_a_saved_checkpoint, trial_dirs, trial_rows, write_space
+
+    from search.engine.rungs import STATE_FILE, read_state
+    from search.results import load_results
+
+    tmp = tmp_path_factory.mktemp("killed")
+    # longer trials (8 evaluations) that ASHA stops late (grace 4), so some are caught mid-way
+    space = write_space(tmp, data_dir, token_cache, name="killed", num_samples=5)
+    text = space.read_text().replace("max_steps: 16", "max_steps: 32").replace("grace_period: 1", "grace_period: 4")
+    space.write_text(text.replace("final_eval: best", "final_eval: none"))
+    experiment = tmp / "results" / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", str(space), "--json"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            dirs = trial_dirs(experiment) if experiment.is_dir() else []
+            # and the ASHA state saved in the folder (with Tune's) holds rung values
+            try:  # Tune copies it in from its staging folder: it may be read part-written
+                saved = read_state(experiment)
+            except ValueError:
+                saved = None
+            held = saved and any(r["recorded"] for b in saved["brackets"] for r in b["rungs"])
+            if held and sum(map(finished, dirs)) >= 2 and any(map(running_past_a_saved_checkpoint, dirs)):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, (
+            "the search ended before it could be interrupted: " + proc.stderr.read().decode()[-3000:]
+        )
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the Ray processes it started
+        proc.wait()
+        proc.stderr.close()
+    rungs = experiment / STATE_FILE
+    at_kill = tmp / f"at-kill-{STATE_FILE}"
+    if rungs.is_file():
+        shutil.copy(rungs, at_kill)
+    before = load_results(experiment)
+    done_before = {t.trial_id: trial_rows(t.path) for t in before.trials if t.status == "TERMINATED"}
+    out = subprocess.run([sys.executable, "-m", "search.cli", "resume", str(experiment), "--json"],
+                         capture_output=True, text=True, check=False, timeout=600, env=env)  # fmt: skip
+    return {"experiment": experiment, "before": before, "done_before": done_before, "resumed": out,
+            "rungs_at_kill": json.loads(at_kill.read_text()) if at_kill.is_file() else None}  # fmt: skip

@@ -1,17 +1,18 @@
 """Helpers tests share: the repository's folders; the one space template of a real search, running
 the CLI, reading a search's trial folders, a stand-in for Tune's report, a searcher on a
-one-dimension space; a few hand-written rows per task with the tiny random encoder."""
+one-dimension space; a few hand-written rows per task with the tiny random encoder; tiny
+checkpoints on the fixture course files, and a search and an ensemble made of them."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import copy
-import functools
 import time
 from pathlib import Path
 
@@ -143,6 +144,16 @@ def running_with_checkpoint(trial_dir: Path) -> bool:
     return not finished(trial_dir) and any(trial_dir.glob("checkpoint_*"))
 
 
+def running_past_a_saved_checkpoint(trial_dir: Path) -> bool:
+    """Running, with a checkpoint that Tune's saved state already names: Tune saves its state after it
+    registers a result's checkpoint and before it handles the next result, so a second result means
+    the first checkpoint is in the saved state (a kill right after the first may come before it)."""
+    try:
+        return running_with_checkpoint(trial_dir) and len(trial_rows(trial_dir)) >= 2
+    except ValueError:  # a line being written
+        return False
+
+
 def assert_resumed(experiment: Path, trials: list, done_before: dict[str, list[dict]]) -> None:
     """Finished trials kept as they were; steps run on across the restart; at least one trial
     continued from its checkpoint rather than from step 0."""
@@ -244,7 +255,7 @@ STS = [
 HIDDEN = {"linear": ()}  # every other head gets one hidden layer of 16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny():
     return load_encoder("tiny", seed=0)
 
@@ -275,3 +286,102 @@ def make_batch(task: str, encoding: str) -> dict:
     return {**tok(list(a), list(b), padding=True, return_tensors="pt"), "labels": y}
 
 
+
+
+# ---- tiny checkpoints on the fixture data, and a search and ensemble made of them (predict, cards) ----
+
+
+def fixture_data(folder: Path) -> Path:
+    """The fixture course files (dev and test, with malformed rows) in ``folder``, plus the training
+    files a data folder must name (empty: nothing here trains)."""
+    from mtbert.data.course import REQUIRED_FILES, TASK_FILES
+
+    shutil.copytree(FIXTURES / "course", folder)
+    for task, split in REQUIRED_FILES:
+        (folder / TASK_FILES[task][split]).touch(exist_ok=True)
+    return folder
+
+
+def tiny_checkpoint(folder: Path, data_dir: Path, seed: int = 0, final_eval: bool = True) -> Path:
+    """A random tiny-encoder checkpoint (``seed``) and, with ``final_eval``, its final evaluation's
+    prediction files, as ``mtbert-train`` writes them, in ``folder/predictions``."""
+    from mtbert.config import RunConfig
+    from mtbert.model.multitask import build_model
+    from mtbert.predict import final_evaluation
+    from mtbert.train.checkpoint import save_checkpoint
+
+    config = RunConfig().with_overrides({"model.encoder": "tiny", "heads.sst.hidden": [16], "heads.para.hidden": [16],
+                                         "heads.sts.hidden": [16], "data.dir": str(data_dir), "train.seed": seed,
+                                         "data.cache_dir": str(data_dir / ".tokens"), "data.max_eval_per_task": 4})  # fmt: skip
+    encoder, tok = load_encoder("tiny", seed=seed)
+    torch.manual_seed(seed)
+    model = build_model(config, encoder)
+    metrics = {"overall": 0.5 - 0.1 * seed, "sst_acc": 0.4, "para_acc": 0.6, "para_f1": 0.2, "sts_pearson": 0.1,
+               "sts_spearman": 0.1, "step": 4}  # fmt: skip
+    checkpoint = save_checkpoint(folder, model, tok, config, metrics)
+    if final_eval:
+        final_evaluation(checkpoint, config, tok, torch.device("cpu"))
+    return checkpoint
+
+
+def tiny_search(folder: Path, data_dir: Path, seeds=(0, 1)):
+    """A finished search folder made by hand: one trial per seed, each with a tiny checkpoint (best
+    first), and the ``SearchResults`` that ``load_results`` would read from Ray Tune's files."""
+    from search.launch import Launch
+    from search.results import SearchResults, TrialRecord
+
+    experiment = folder / "results" / "tiny"
+    space = ("model: {encoder: tiny}\nsearch:\n  optim.lr: {loguniform: [1.0e-5, 1.0e-3]}\n"
+             f"tune: {{num_samples: {len(seeds)}, eval_subset: 4}}\n")  # fmt: skip
+    Launch("tiny.yaml", max_t=2).save(experiment, space)
+    trials = []
+    for i, seed in enumerate(seeds):
+        checkpoint = tiny_checkpoint(experiment / f"trial_t{i}" / "checkpoint_000001", data_dir, seed, final_eval=False)
+        best = {"overall": 0.6 - 0.1 * i, "training_iteration": 2, "step": 4}
+        trials.append(TrialRecord(f"t{i}", "TERMINATED", 2, {"optim.lr": 1e-4 * (i + 1)}, best, best, checkpoint,
+                                  checkpoint.parent, "COMPLETE"))  # fmt: skip
+    return experiment, SearchResults(experiment.resolve(), "overall", "max", trials)
+
+
+def tiny_ensemble(folder: Path, data_dir: Path, monkeypatch, args=()) -> Path:
+    """``mtbert-search ensemble`` (the command's own code) on a ``tiny_search``; returns its OUT. With
+    these two seeds, the selection weights the members 2:1 for sts."""
+    from search.cli import main
+
+    experiment, results = tiny_search(folder, data_dir, seeds=(0, 3))
+    monkeypatch.setattr("search.ensemble.load_results", lambda _: results)
+    monkeypatch.setenv("MTBERT_DATA", str(data_dir))
+    out = folder / "ens"
+    assert main(["ensemble", str(experiment), "--top-k", "2", "--out", str(out), *args]) == 0
+    return out
+
+
+# ---- trials without training: a function of the sampled values, fed as Tune feeds a searcher --------
+
+
+def play_trials(searcher, space, score, n: int, max_t: int = MAX_T, stop_below_median: bool = True) -> list[dict]:
+    """``n`` trials through ``searcher`` one after another, each reporting ``score(values)`` (its
+    dotted keys' real values) minus 0.1 per evaluation short of ``max_t``, as a learning curve that
+    rises to it. With ``stop_below_median``, a trial below the median of the trials that reached its
+    rung (evaluations 1 and 2) is stopped there, as ASHA with reduction factor 2 stops it: Tune then
+    calls ``on_trial_complete`` with that result. Returns ``{"params", "values", "score",
+    "proposed_by"}`` per trial, in order."""
+    rungs: dict[int, list[float]] = {}
+    out = []
+    for i in range(n):
+        trial_id = f"t{i}"
+        params = searcher.suggest(trial_id)
+        values = space.decode(params)
+        final = score(values)
+        for step in range(1, max_t + 1):
+            value = final - 0.1 * (max_t - step)
+            seen = rungs.setdefault(step, [])
+            seen.append(value)
+            stopped = stop_below_median and step in (1, 2) and len(seen) > 1 and value < sorted(seen)[len(seen) // 2]
+            if stopped or step == max_t:
+                searcher.on_trial_complete(trial_id, {"training_iteration": step, "overall": value})
+                break
+            searcher.on_trial_result(trial_id, {"training_iteration": step, "overall": value})
+        proposed = searcher.optuna_trial(trial_id).user_attrs.get("proposed_by")
+        out.append({"params": params, "values": values, "score": final, "proposed_by": proposed})
+    return out

@@ -5,7 +5,7 @@
 - ``run``: ``RunConfig`` and building it from plain data, a YAML file or dotted overrides;
 - ``reader``: the one YAML reader (duplicate keys refused, one-line errors);
 - ``phases``: the config each phase trains with, a run's steps and evaluations;
-- ``resume``: the settings fixed at resume.
+- ``resume``: the settings fixed at resume, and those that may change.
 
 This package is the bottom of ``mtbert``: it imports only ``mtbert.errors`` and its own modules,
 knows no plug-in and reads no file but the YAML it is given. Every field is checked when a config
@@ -19,7 +19,7 @@ from the module that defines them.
 from mtbert.config.fields import ConfigError, check
 from mtbert.config.phases import evaluations, phase_config, run_phases, total_steps
 from mtbert.config.reader import DuplicateKey, load_yaml, read_text, refused_tag, yaml_problem
-from mtbert.config.resume import RESUME_FIXED, resume_conflicts, resume_fixed
+from mtbert.config.resume import RESUME_CHANGEABLE, RESUME_FIXED, may_change_at_resume, resume_conflicts, resume_fixed
 from mtbert.config.run import RunConfig, all_keys, flatten, from_dict, parse_set, parse_value, read_config, set_dotted
 from mtbert.config.sections import (
     PHASE_KINDS,
@@ -41,10 +41,10 @@ from mtbert.config.sections import (
 )
 
 __all__ = [
-    "PHASE_KINDS", "PHASE_SECTIONS", "RESUME_FIXED", "ConfigError", "DataConfig", "GradConfig", "HeadConfig",
-    "HeadsConfig", "LossConfig", "LossesConfig", "MlmConfig", "ModelConfig", "OptimConfig", "PerTask",
+    "PHASE_KINDS", "PHASE_SECTIONS", "RESUME_CHANGEABLE", "RESUME_FIXED", "ConfigError", "DataConfig", "GradConfig",
+    "HeadConfig", "HeadsConfig", "LossConfig", "LossesConfig", "MlmConfig", "ModelConfig", "OptimConfig", "PerTask",
     "PerTaskCount", "PhaseConfig", "RunConfig", "SamplingConfig", "TrainConfig", "all_keys", "check",
-    "DuplicateKey", "evaluations", "flatten", "from_dict", "load_yaml", "parse_set", "parse_value", "phase_config",
-    "read_config", "read_text", "refused_tag", "resume_conflicts", "resume_fixed", "run_phases", "set_dotted",
-    "total_steps", "yaml_problem",
+    "DuplicateKey", "evaluations", "flatten", "from_dict", "load_yaml", "may_change_at_resume", "parse_set",
+    "parse_value", "phase_config", "read_config", "read_text", "refused_tag", "resume_conflicts", "resume_fixed",
+    "run_phases", "set_dotted", "total_steps", "yaml_problem",
 ]  # fmt: skip

@@ -113,6 +113,15 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def split_set(items: list[str], positional: str | None) -> tuple[list[str], str | None]:
+    """``--set`` takes several KEY=VALUE after one flag, so a positional argument typed after them
+    (``--set optim.lr=1e-5 train.max_steps=100 run.yaml``) lands among them; when the positional is
+    missing and the last item has no '=', that item is the positional. (``--`` before it works too.)"""
+    if positional is None and items and "=" not in items[-1]:
+        return items[:-1], items[-1]
+    return items, positional
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in data.items():

@@ -111,20 +111,22 @@ def read_task(data_dir: str | os.PathLike, task: str, split: str) -> ReadReport:
     return read_file(Path(data_dir) / TASK_FILES[task][split], task, labeled=split != "test", split=split)
 
 
-def read_file(path: str | os.PathLike, task: str, *, labeled: bool = True, split: str | None = None) -> ReadReport:
+def read_file(path: str | os.PathLike, task: str, *, labeled: bool = True, split: str | None = None,
+              data: bytes | None = None) -> ReadReport:
     """The rows of one course file. A file that cannot be read, is empty, lacks a needed column, or
-    has no usable row is a ``DataError`` naming it; single malformed rows are reported and skipped."""
+    has no usable row is a ``DataError`` naming it; single malformed rows are reported and skipped.
+    ``data``: the file's bytes when they come from elsewhere (standard input); ``path`` then only names them."""
     _check_task(task)
     path, fmt = Path(path), TASK_FORMATS[task]
     needed = ("id", *fmt.sentence_columns) + ((fmt.label_column,) if labeled else ())
     expects = f"a tab-separated {task} file with a header and columns: (index), {', '.join(needed)}"
     what = f"{task} {split}" if split else task
-    if path.is_dir():
+    if data is None and path.is_dir():
         raise DataError(f"{path} is a folder; expected the {what} file: {expects}")
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise DataError(f"{path} does not exist; expected {expects}")
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes() if data is None else data
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror or e}); expected {expects}") from None
     try:

@@ -11,11 +11,23 @@ A schedule only counts examples; which examples fill those counts is the data lo
 ``proportional``/``annealed`` unless ``mixed``), one mixed batch of that size (``mixed=True``), or a
 batch per task (``round_robin``; ``ratios`` multiplies it per task).
 
-``plan(step)`` is a pure function of the settings, the seed and the step: every epoch draws from its
-own ``torch.Generator`` seeded from ``(seed, epoch)``, so any step can be planned without replaying
-the ones before it, and resuming needs no generator state. ``state_dict()`` records the seed and the
-settings; ``load_state_dict()`` restores the seed and refuses a schedule built with other settings,
-whose sequence would differ.
+``plan(step)`` is a pure function of the settings, the seed, the anchor and the step: every epoch
+draws from its own ``torch.Generator`` seeded from ``(seed, epoch)``, so any step can be planned
+without replaying the ones before it, and resuming needs no generator state. The anchor says where
+epochs are counted from: step 0 is epoch 0 until a resume changes a setting that alters an epoch's
+length.
+
+``state_dict()`` records the seed, the settings and the anchor; ``load_state_dict(state, step=...)``
+restores them. A schedule built with other settings is refused, except for the settings its class
+lists in ``REPLANNABLE`` (proportional's ``alpha``, annealed's ``anneal_start``/``anneal_end``/
+``max_epochs``, ``ratios``, ``samples_per_epoch``: rates and counts, which Population Based Training
+mutates): with those the schedule plans the steps from the resumed one on with its new settings.
+Epochs keep their numbers when their length is unchanged (the plan from the resumed step is then
+exactly that of a schedule built with the new settings); when it changes, the epoch in progress
+takes the new length counted from its first step, or ends at the resumed step if it is already that
+long, and later epochs have the new length. The anchor records that, so a resume of a resumed run
+plans the same steps. What a step is (``schedule``, ``batch_size``, ``mixed``, ``order``,
+``per_step``) is never re-planned.
 
 Each schedule reads its own settings from the run config (``from_config``) and checks the ones that
 span several fields (``check``), so a new schedule is one class here, registered with ``_register``.
@@ -70,6 +82,8 @@ class Schedule(ABC):
     """Per-step task counts, planned one epoch at a time as a (steps_per_epoch, tasks) count table."""
 
     name: ClassVar[str]
+    # ``settings()`` keys a resume may change: the schedule re-plans from the resumed step (module docstring)
+    REPLANNABLE: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, sizes: Mapping[str, int], batch_size: int, *, seed: int = 0):
         self.sizes = _check_sizes(sizes)
@@ -78,6 +92,7 @@ class Schedule(ABC):
         self.seed = _check_int(f"{KEY}.seed", seed, minimum=0)
         self._epoch: int | None = None
         self._table = torch.empty(0, len(self.tasks), dtype=torch.long)
+        self.anchor = (0, 0)  # (step, epoch): epoch ``epoch`` begins at step ``step``; epochs are counted from there
 
     @classmethod
     def from_config(cls, config: RunConfig, sizes: Mapping[str, int]) -> Schedule:
@@ -106,14 +121,22 @@ class Schedule(ABC):
         return {}
 
     def epoch_of(self, step: int) -> int:
-        return _check_int("step", step, minimum=0) // self.steps_per_epoch
+        """The epoch of optimizer step ``step``, counted from the anchor (a step before a re-planned
+        resume is counted back in the new epoch length, so the step just before it keeps its epoch)."""
+        start, epoch = self.anchor
+        return epoch + (_check_int("step", step, minimum=0) - start) // self.steps_per_epoch
+
+    def epoch_start(self, epoch: int) -> int:
+        """The optimizer step at which ``epoch`` begins."""
+        start, first = self.anchor
+        return start + (epoch - first) * self.steps_per_epoch
 
     def plan(self, step: int) -> dict[str, int]:
         """Task -> number of examples in optimizer step ``step`` (0-based); tasks with none are left out."""
         epoch = self.epoch_of(step)
         if epoch != self._epoch:
             self._table, self._epoch = self.plan_epoch(epoch), epoch
-        row = self._table[step - epoch * self.steps_per_epoch].tolist()
+        row = self._table[step - self.epoch_start(epoch)].tolist()
         return {task: n for task, n in zip(self.tasks, row) if n}
 
     def generator(self, epoch: int) -> torch.Generator:
@@ -127,9 +150,13 @@ class Schedule(ABC):
             "sizes": dict(self.sizes),
             "batch_size": self.batch_size,
             "settings": self.settings(),
+            "anchor": {"step": self.anchor[0], "epoch": self.anchor[1]},
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], *, step: int | None = None) -> None:
+        """Go on from a saved schedule's ``state``. ``step`` is the optimizer step the run resumes at;
+        it is needed only when a setting of ``REPLANNABLE`` differs from the saved one, and then the
+        steps from ``step`` on are planned with this schedule's settings (module docstring)."""
         mine = self.state_dict()
         if state.get("schedule") != self.name:
             raise ValueError(f"cannot resume: the checkpoint's {KEY}.schedule is {state.get('schedule')!r}, "
@@ -139,11 +166,33 @@ class Schedule(ABC):
                 raise ValueError(f"cannot resume: the checkpoint's {KEY}.{key} is {state.get(key)!r}, "
                                  f"but this schedule's is {mine[key]!r}")
         theirs = state.get("settings", {})
-        for key in sorted(set(theirs) | set(mine["settings"])):
-            if theirs.get(key) != mine["settings"].get(key):
+        changed = [key for key in sorted(set(theirs) | set(mine["settings"]))
+                   if theirs.get(key) != mine["settings"].get(key)]  # fmt: skip
+        for key in changed:
+            if key not in self.REPLANNABLE:
+                may = f" (only {', '.join(sorted(self.REPLANNABLE))} may change)" if self.REPLANNABLE else ""
                 raise ValueError(f"cannot resume: the checkpoint's {KEY}.{key} is {theirs.get(key)!r}, "
-                                 f"but this schedule's is {mine['settings'].get(key)!r}")
-        self.seed = _check_int(f"{KEY}.seed", state.get("seed"), minimum=0)
+                                 f"but this schedule's is {mine['settings'].get(key)!r}{may}")
+        seed = _check_int(f"{KEY}.seed", state.get("seed"), minimum=0)
+        anchor = state.get("anchor", {"step": 0, "epoch": 0})  # a checkpoint saved before anchors: step 0, epoch 0
+        if not isinstance(anchor, Mapping):
+            raise ValueError(f"cannot resume: the checkpoint's schedule anchor is {anchor!r}, not a step and an epoch")
+        saved_anchor = (_check_int("anchor.step", anchor.get("step"), minimum=0),
+                        _check_int("anchor.epoch", anchor.get("epoch"), minimum=0))  # fmt: skip
+        if changed:
+            if step is None:
+                raise ValueError(f"cannot resume: {', '.join(f'{KEY}.{k}' for k in changed)} changed, and "
+                                 "re-planning needs the step the run resumes at")
+            step = _check_int("step", step, minimum=0)
+            saved = build_schedule(self.name, self.sizes, self.batch_size, seed=seed, **theirs)
+            saved.anchor = saved_anchor
+            epoch = saved.epoch_of(step)
+            start = saved.epoch_start(epoch)
+            # the epoch in progress takes the new length from its first step, unless it is already that long
+            self.anchor = (start, epoch) if step - start < self.steps_per_epoch else (step, epoch + 1)
+        else:
+            self.anchor = saved_anchor
+        self.seed = seed
         self._epoch = None
 
     def __repr__(self) -> str:
@@ -244,6 +293,8 @@ class Proportional(Schedule):
     as many examples as all the datasets hold together.
     """
 
+    REPLANNABLE = frozenset({"alpha"})
+
     def __init__(
         self, sizes: Mapping[str, int], batch_size: int, *, seed: int = 0, alpha: float = 0.5, mixed: bool = False
     ):
@@ -294,6 +345,8 @@ class Annealed(Proportional):
     formula; epochs past max_epochs keep anneal_end instead of going negative.
     """
 
+    REPLANNABLE = frozenset({"anneal_start", "anneal_end", "max_epochs"})  # max_epochs follows train.max_steps
+
     def __init__(
         self,
         sizes: Mapping[str, int],
@@ -342,6 +395,8 @@ class Ratios(Schedule):
     fractional when ratio * batch_size is still a whole number. An epoch is long enough for every
     trained task to see each of its examples at least once.
     """
+
+    REPLANNABLE = frozenset({"ratios"})
 
     def __init__(self, sizes: Mapping[str, int], batch_size: int, *, seed: int = 0, ratios: Mapping[str, float]):
         super().__init__(sizes, batch_size, seed=seed)
@@ -392,6 +447,8 @@ class SamplesPerEpoch(Schedule):
     the task's size (the loader cycles its data); None stands for the task's whole dataset, 0
     leaves it untrained; one int means the same count for every task.
     """
+
+    REPLANNABLE = frozenset({"samples_per_epoch"})
 
     def __init__(
         self,

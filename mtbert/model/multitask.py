@@ -17,7 +17,7 @@ frozen bottom, papers 002-004): each task then runs on its own branch (``encoder
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from mtbert.config.fields import ConfigError
 from mtbert.config.run import RunConfig
-from mtbert.model.bert import BertModel, EncoderOutput, mean_pool
+from mtbert.model.bert import BertModel, Dropout, EncoderOutput, mean_pool
 from mtbert.model.heads import (
     FEATURES,
     Head,
@@ -271,6 +271,22 @@ def build_model(config: RunConfig, encoder: BertModel | TaskEncoders) -> MultiTa
     return MultiTaskModel(
         encoder, head_specs(config), shared_pair_layer=config.model.shared_pair_layer, seed=config.train.seed
     )
+
+
+def set_dropout(model: MultiTaskModel, config: RunConfig) -> None:
+    """Give every head of ``model`` the dropout rate ``config`` sets for it (``heads.<task>.dropout``):
+    each of the head's dropout layers takes the rate, and the head's spec records it, so a head
+    re-drawn later from its spec (``reset_head``) has it too. A resumed run's model is rebuilt from
+    its checkpoint's config; this is how a new rate reaches it (a setting that may change at resume).
+    The head's layers, hence its parameters and outputs in eval mode, are untouched."""
+    for task, head in model.heads.items():
+        rate = getattr(config.heads, task).dropout
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"heads.{task}.dropout is {rate}, but must be in [0, 1)")
+        for module in head.modules():
+            if isinstance(module, Dropout):
+                module.p = rate
+        head.spec = model.specs[task] = replace(head.spec, dropout=rate)
 
 
 def to_specialists(

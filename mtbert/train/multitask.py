@@ -87,7 +87,8 @@ class MultitaskObjective:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.schedule.load_state_dict(state["schedule"])
+        # a resume that changes the schedule's rates or counts re-plans from the saved step on
+        self.schedule.load_state_dict(state["schedule"], step=state["step"])
         for t, s in self.streams.items():
             s.load_state_dict(state["streams"][t])
         self.combiner.generator.set_state(state["combiner_rng"])

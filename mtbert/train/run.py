@@ -3,7 +3,9 @@ step, the best evaluation and the history running on across them; and ``train``,
 
 A resume is refused before anything loads when its config changes a setting of ``RESUME_FIXED``
 (``check_resume``), then when its saved state does not fit this config and data (another schedule,
-other training files), before any training step.
+other training files), before any training step. The settings that may change (``RESUME_CHANGEABLE``
+among them) apply from the resumed step on: the new learning rates (``Trainer.load_state_dict``), the
+heads' dropout (``set_dropout``), a re-planned task schedule (``Schedule.load_state_dict``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from mtbert.config.phases import run_phases, total_steps
 from mtbert.config.resume import resume_conflicts
 from mtbert.config.run import RunConfig
 from mtbert.data.prepare import TaskData, prepare_data
-from mtbert.model.multitask import MultiTaskModel, build_model
+from mtbert.model.multitask import MultiTaskModel, build_model, set_dropout
 from mtbert.model.pretrained import load_encoder
 from mtbert.train.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_state, saved_evaluation
 from mtbert.train.device import resolve_device
@@ -30,9 +32,11 @@ from mtbert.validation import load_config, validate
 
 
 def build_run(config: RunConfig, resume: str | Path | None = None) -> tuple[MultiTaskModel, Any]:
-    """The model and tokenizer a run starts from: fresh from ``model.encoder``, or a checkpoint's."""
+    """The model and tokenizer a run starts from: fresh from ``model.encoder``, or a checkpoint's,
+    built from the checkpoint's config and given ``config``'s head dropout (it may change at resume)."""
     if resume:
         loaded = load_checkpoint(resume)
+        set_dropout(loaded.model, config)
         return loaded.model, loaded.tokenizer
     encoder, tokenizer = load_encoder(config.model.encoder, seed=config.train.seed)
     return build_model(config, encoder), tokenizer

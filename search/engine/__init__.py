@@ -1,9 +1,13 @@
 """The only code that imports ``ray`` or ``optuna``; a Ray upgrade touches this folder alone.
 
     session.py       joining a cluster or starting a local Ray on the loopback (``ray_session``)
-    tuner.py         building, restoring and fitting the Tuner: ASHA, the searcher, the callbacks
+    tuner.py         building, restoring and fitting the Tuner: the scheduler, the searcher, the callbacks
     trainable.py     the trainer as a Tune function trainable (the one caller of ``tune.report``)
-    searcher.py      Optuna (TPE) with early-stopped trials PRUNED; the saved study, importances
+    searcher.py      Optuna with early-stopped trials PRUNED, each trial's proposed_by; the saved study, importances
+    samplers.py      tune.sampler: each kind's options from Optuna's signatures, checked; the sampler built
+    warm_start.py    tune.warm_start in the study: an earlier search's trials added, the points enqueued
+    schedulers.py    tune.scheduler: ASHA, HyperBand, FIFO, or PBT with each trial's lineage (``LineagePBT``)
+    rungs.py         ASHA whose rungs, brackets and decisions survive ``resume`` (``ResumableASHA``)
     retention.py     the checkpoint a saved state points at, kept until the next state is saved
     tensorboard.py   per-trial TensorBoard curves and HParams, fed by a Tune callback
     interrupt.py     Ctrl-C: Tune's stop request, then ``SearchInterrupted``
@@ -14,5 +18,8 @@
 
 Ray's private APIs are used only where Ray 2.60 has no public one, each behind one function that
 says why: ``session._start_local_ray``, ``session.set_progress_metrics``, ``searcher._internals``,
-``cluster.prepare`` and ``cluster.default_inbound_rules``.
+``cluster.prepare`` and ``cluster.default_inbound_rules``. Two classes extend a Ray scheduler through
+its internals, each saying which and why in its docstring: ``rungs.ResumableASHA`` (the brackets'
+rungs, to save and restore them) and ``schedulers.LineagePBT`` (PBT's per-trial state, its exploit
+step and the checkpoint a recipient goes on from: ``_pin_clone``).
 """

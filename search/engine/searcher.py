@@ -5,9 +5,13 @@ COMPLETE, with the score of its last (low-budget) evaluation, so TPE learns from
 they were final. ``PruningOptunaSearch`` tells Optuna such trials are PRUNED, with every evaluation
 recorded as an intermediate value, which is how Optuna's own pruners leave them.
 
-Also here: reading the study a search saved (``saved_study``, ``optuna_states``) and Optuna's
-parameter importances over it (``param_importances``), so no module outside ``search.engine``
-handles Optuna objects.
+The searcher of a new search (``new_searcher``) uses the sampler ``tune.sampler`` asks for
+(``search.engine.samplers``) and starts from ``tune.warm_start`` (``search.engine.warm_start``);
+every trial it proposes records how, as the Optuna user attribute ``proposed_by``.
+
+Also here: reading the study a search saved (``saved_study``, ``optuna_states``, ``proposals``) and
+Optuna's parameter importances over it (``param_importances``), so no module outside
+``search.engine`` handles Optuna objects.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search.engine.samplers import build_sampler, proposal
 from search.engine.trainable import COMPLETE_KEY, STOP_KEY, TRAINING_ITERATION
+from search.engine.warm_start import PROPOSED_BY, start_from
+from search.space.sampler import sampler_options
 
 MIN_IMPORTANCE_TRIALS = 5
 
@@ -57,18 +64,39 @@ class PruningOptunaSearch(OptunaSearch):
     on a non-finite loss (``stop_reason``) is PRUNED too, its NaN the last intermediate value.
     """
 
-    def __init__(self, *args: Any, max_t: int | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, max_t: int | None = None, sampler_kind: str | None = None,
+                 sampler_options: dict[str, Any] | None = None, **kwargs: Any):  # fmt: skip
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+        # the tune.sampler kind and options the sampler was built with: how each trial was proposed
+        self._sampler_kind, self._sampler_options = sampler_kind, dict(sampler_options or {})
         self._reported: dict[str, int] = {}  # trial id -> last step told to Optuna
         self._repeated: set[str] = set()  # trials whose last result came a second time: they returned
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ray's suggestion, and on the Optuna trial a user attribute ``proposed_by`` saying how it was
+        proposed: ``warm start`` (set when the point was enqueued), ``startup (random)`` while the
+        sampler's startup lasts, else the sampler's kind (``search.engine.samplers.proposal``)."""
+        new = trial_id not in _internals(self).trials
+        config = super().suggest(trial_id)
+        inside = _internals(self)
+        kind = self.__dict__.get("_sampler_kind")  # absent from the state of searchers saved before
+        if new and kind and trial_id in inside.trials:
+            trial = inside.trials[trial_id]
+            if PROPOSED_BY not in trial.user_attrs:
+                trial.set_user_attr(PROPOSED_BY, proposal(kind, self._sampler_options, inside.study, trial.number))
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self._unknown(trial_id):
             return
         step = result.get(TRAINING_ITERATION)
-        if step is not None and self._reported.get(trial_id) == step:
-            self._repeated.add(trial_id)  # Tune's repeat of the last result: the trainable returned
+        last = self._reported.get(trial_id)
+        if step is not None and last is not None and step <= last:
+            if step == last:
+                self._repeated.add(trial_id)  # Tune's repeat of the last result: the trainable returned
+            # else an evaluation counted again: a PBT recipient goes on from its donor's count, which
+            # may be below its own; Optuna keeps the first value of each step
             return
         super().on_trial_result(trial_id, result)
         if trial_id not in _internals(self).completed:
@@ -122,10 +150,17 @@ class PruningOptunaSearch(OptunaSearch):
         return inside.study.trials[trial.number]
 
 
-def new_searcher(define_by_run: Any, metric: str, mode: str, seed: int | None, max_t: int) -> PruningOptunaSearch:
-    """The searcher of a new search: Optuna's TPE, seeded."""
-    return PruningOptunaSearch(space=define_by_run, metric=metric, mode=mode,
-                               sampler=optuna.samplers.TPESampler(seed=seed), max_t=max_t)  # fmt: skip
+def new_searcher(space: Any, metric: str, mode: str, max_t: int, log: Any = print) -> PruningOptunaSearch:
+    """The searcher of a new search over ``space``: the sampler ``tune.sampler`` asks for (the default
+    TPE, ``search.space.sampler``), its study holding what ``tune.warm_start`` names (the earlier
+    searches' trials, then the points, queued: ``search.engine.warm_start``)."""
+    t = space.tune
+    kind, options = sampler_options(t.sampler, t.num_samples, t.seed)
+    searcher = PruningOptunaSearch(space=space.define_by_run, metric=metric, mode=mode,
+                                   sampler=build_sampler(kind, options), max_t=max_t, sampler_kind=kind,
+                                   sampler_options=options)  # fmt: skip
+    start_from(searcher.study(), space, saved_study, log)
+    return searcher
 
 
 def load_searcher(experiment: str | Path) -> PruningOptunaSearch | None:
@@ -143,6 +178,20 @@ def saved_study(experiment: str | Path) -> Any:
     """The Optuna study a search folder holds (None before the searcher's state is first saved)."""
     searcher = load_searcher(experiment)
     return searcher.study() if searcher is not None else None
+
+
+def proposals(experiment: str | Path) -> dict[str, str]:
+    """``{Tune trial id: how Optuna proposed it}`` (the ``proposed_by`` user attribute: ``warm start``,
+    ``startup (random)``, ``tpe``, ...) of the trials the saved study knows; empty when none is saved."""
+    searcher = load_searcher(experiment)
+    if searcher is None:
+        return {}
+    found = {}
+    for trial_id in _internals(searcher).trials:
+        ot = searcher.optuna_trial(trial_id)
+        if ot is not None and PROPOSED_BY in ot.user_attrs:
+            found[trial_id] = str(ot.user_attrs[PROPOSED_BY])
+    return found
 
 
 def optuna_states(experiment: str | Path) -> dict[str, str | None] | None:

@@ -4,6 +4,17 @@
 reach Ray; ``share`` puts the tokenised data into its object store. The two places where Ray 2.60
 has no public API for what is needed are each one function here: ``_start_local_ray`` (a local Ray
 on the loopback address only) and ``set_progress_metrics`` (the columns of Tune's progress table).
+
+Two of Ray's start-up messages would point the wrong way, and are replaced here:
+
+- Tune's "To visualize your results with TensorBoard, run: `tensorboard --logdir
+  /tmp/ray/session_.../driver_artifacts`" names a staging folder that holds none of the search's
+  event files. Tune prints it when one of the run's callbacks is a ``TBXLoggerCallback``, which it
+  adds by itself unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1`` (a documented setting, set for the
+  session): the search's own ``TensorBoardCallback`` and the CSV and JSON loggers are given
+  explicitly (``search.engine.tuner.run_config``), and the command prints the right line.
+- Ray's token-authentication warning (a WARNING line with a timestamp) becomes one line of ours,
+  once per command (``TokenNote``).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +55,32 @@ def _start_local_ray(**init_kwargs: Any) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
+AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class TokenNote(logging.Filter):
+    """Ray's token-authentication warnings, said once per command as a one-line note of ours on
+    stderr instead of Ray's WARNING with a timestamp (a filter on Ray's logger, which keeps the record)."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not TokenNote.said:
+            TokenNote.said = True
+            print(token_note(record.getMessage()), file=sys.stderr, flush=True)
+        return False
+
+
+def token_note(message: str) -> str:
+    if message.startswith("Token authentication is enabled"):
+        return "note: the local Ray runs with token authentication (Ray's default; its token is in ~/.ray/auth_token)"
+    if message.startswith("Token authentication is disabled"):
+        return ("note: this Ray cluster runs without token authentication: anyone who can reach it can run code "
+                "on it; turn it on with 'ray get-auth-token --generate' or RAY_AUTH_MODE=token")  # fmt: skip
+    return f"note: Ray: {message.split(' For more information')[0]}"
+
+
 def set_progress_metrics(trainable: Any, metrics: tuple[str, ...]) -> None:
     """The columns of Tune's progress table for ``trainable``'s trials. Ray 2.60's progress output
     (the default one) reads them from the trainable's ``_progress_metrics`` only: the public
@@ -55,6 +93,9 @@ def connect(address: str | None) -> bool:
     this process started Ray (and so shuts it down)."""
     if ray.is_initialized():
         return False
+    token_logger = logging.getLogger(TOKEN_LOGGER)
+    if not any(isinstance(f, TokenNote) for f in token_logger.filters):
+        token_logger.addFilter(TokenNote())
     # Ray's INFO lines (a line per checkpoint from every trial) would bury the progress table.
     quiet = ray.LoggingConfig(log_level="WARNING")
     # Trials share the cores with Ray's own processes (and each other): OpenMP threads that spin
@@ -72,15 +113,29 @@ def connect(address: str | None) -> bool:
     # With keep_checkpoints, Tune snapshots the experiment state at every checkpoint, on purpose
     # (the snapshot must know which checkpoint files exist), and warns each time trials are short.
     logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
+    # Optuna's INFO line for the in-memory study, with its timestamp, tells a user nothing to act on.
+    logging.getLogger("optuna").setLevel(logging.WARNING)
     return True
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """``connect(address)`` for the block; Ray is shut down after it if the block started it."""
-    started = connect(address)
+def ray_session(address: str | None, tune_loggers: bool = False) -> Iterator[None]:
+    """``connect(address)`` for the block; Ray is shut down after it if the block started it. Tune
+    adds no logger callbacks of its own in the block (``AUTO_LOGGERS``: see the module's docstring)
+    unless ``tune_loggers``: a search started by an earlier version names no CSV or JSON logger in
+    its saved run config, and its resume needs Tune's to go on writing ``progress.csv`` and
+    ``result.json``."""
+    saved = os.environ.get(AUTO_LOGGERS)
+    os.environ[AUTO_LOGGERS] = "0" if tune_loggers else "1"
     try:
-        yield
+        started = connect(address)
+        try:
+            yield
+        finally:
+            if started:
+                ray.shutdown()
     finally:
-        if started:
-            ray.shutdown()
+        if saved is None:
+            os.environ.pop(AUTO_LOGGERS, None)
+        else:
+            os.environ[AUTO_LOGGERS] = saved

@@ -10,7 +10,10 @@ Tags are ``<group>/<metric key>``, the key exactly as the trainer reports it:
     other/<key>   anything else the trainer adds
 
 The x axis is the global training step (the ``step`` metric), so trials line up by steps whatever
-their evaluation interval. The HParams run lists the trial's sampled settings under their dotted
+their evaluation interval. Under PBT (``tune.scheduler: pbt``) a trial also shows the values it
+trains with at each evaluation (``pbt/<dotted key>``, one per mutated setting: the schedule PBT
+found, stepping where it exploited another trial) and each exploit as text (``pbt/exploit``: the
+donor and its step, the values before and after; ``search.lineage.exploit_text``). The HParams run lists the trial's sampled settings under their dotted
 keys (``optim.lr``) with their real values, and the search metric's tag (``dev/overall``) as its
 metric. ``TrialBoard`` writes one trial's files; ``TensorBoardCallback`` feeds it from Tune.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray.tune.logger import TBXLoggerCallback
+from ray.tune.logger import LoggerCallback
 
 DEV_METRICS = ("sst_acc", "para_acc", "para_f1", "sts_pearson", "sts_spearman", "overall", "cfimdb_acc")
 STEP_KEY = "step"
@@ -79,16 +82,30 @@ class TrialBoard:
         self.writer.flush()
         return written
 
+    def log_values(self, values: dict[str, Any], step: int) -> dict[str, float]:
+        """Write numbers under their own tags at global ``step`` (PBT's settings: ``pbt/optim.lr``)."""
+        written = {tag: float(v) for tag, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+        for tag, value in written.items():
+            self.writer.add_scalar(tag, value, global_step=step)
+        self.writer.flush()
+        return written
+
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, global_step=step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.file_writer.add_summary(self._end)
         self.writer.close()
 
 
-class TensorBoardCallback(TBXLoggerCallback):
+class TensorBoardCallback(LoggerCallback):
     """Writes each trial's TensorBoard run (``TrialBoard``) into the trial's folder under
     the storage path, as results arrive, so ``tensorboard --logdir <storage_path>/<name>`` shows the
-    running search. A subclass of Tune's TBXLoggerCallback only so that Tune does not add its own
-    (a second set of ``ray/tune/*`` tags and hparams in the same folders); tensorboardX is not used."""
+    running search. Tune adds no TBXLoggerCallback of its own beside it (a second set of
+    ``ray/tune/*`` tags in the same folders, and a start-up line naming the wrong folder):
+    ``search.engine.session.ray_session`` turns Tune's automatic loggers off."""
 
     def __init__(self, space: Any, metric: str):
         self._space, self._metric = space, metric
@@ -96,6 +113,23 @@ class TensorBoardCallback(TBXLoggerCallback):
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the run config
         return {"_space": self._space, "_metric": self._metric, "_boards": {}}
+
+    def _mutated(self) -> set[str]:
+        """The settings PBT mutates (none under other schedulers)."""
+        s = getattr(self._space.tune, "scheduler", None)
+        return set(s.mutations or ()) if s is not None and s.kind == "pbt" else set()
+
+    def _pbt_start(self, trial: Any) -> None:
+        """The exploits in the trial's lineage not yet written, as text at the step each went on
+        from (``pbt/exploit``): a trial is started again after each exploit."""
+        from search.engine.schedulers import read_lineage_at, trial_location
+        from search.lineage import exploit_text
+
+        seen = self.__dict__.setdefault("_lineage_seen", {})
+        entries = read_lineage_at(*trial_location(trial))
+        for entry in entries[seen.get(trial.trial_id, 0) :]:
+            self._boards[trial.trial_id].log_text("pbt/exploit", exploit_text(entry), int(entry.get("donor_step") or 0))
+        seen[trial.trial_id] = len(entries)
 
     def log_trial_start(self, trial: Any) -> None:
         if trial.trial_id in self._boards:
@@ -106,11 +140,21 @@ class TensorBoardCallback(TBXLoggerCallback):
         except ValueError:
             hparams = dict(trial.config)
         self._boards[trial.trial_id] = TrialBoard(directory, hparams, self._metric)
+        if self._mutated():
+            self._pbt_start(trial)
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         if trial.trial_id not in self._boards:
             self.log_trial_start(trial)
         self._boards[trial.trial_id].log({k: v for k, v in result.items() if k not in TUNE_KEYS})
+        mutated = self._mutated()
+        if mutated:  # PBT: the values the trial runs with now, so the schedule it followed shows as curves
+            try:
+                values = self._space.decode(trial.config)
+            except ValueError:
+                values = {}
+            self._boards[trial.trial_id].log_values({f"pbt/{k}": v for k, v in values.items() if k in mutated},
+                                                    int(result.get(STEP_KEY, 0)))  # fmt: skip
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         board = self._boards.pop(trial.trial_id, None)

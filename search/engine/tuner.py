@@ -1,6 +1,7 @@
-"""The Tuner of a search: Optuna's TPE proposes run configs (``searcher``), ASHA stops weak trials
-early, Ray Tune runs them (``trainable``); built new, or restored from a search folder, and fitted
-inside a Ray session with Ctrl-C handled (``interrupt``).
+"""The Tuner of a search: Optuna's TPE proposes run configs (``searcher``), the scheduler of
+``tune.scheduler`` stops weak trials early or has them exploit better ones (``schedulers``), Ray
+Tune runs them (``trainable``); built new, or restored from a search folder, and fitted inside a
+Ray session with Ctrl-C handled (``interrupt``).
 
 ``run_new`` and ``run_restored`` are what ``search.launch`` calls; ``build_trainable``,
 ``run_config`` and ``restore_tuner`` are shared with the retraining grid (``search.engine.retrain``).
@@ -14,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
 from search.engine.interrupt import fit, stop_on_sigint
 from search.engine.retention import KeepRestorable, drop_kept, restore_kept
+from search.engine.rungs import forget
+from search.engine.schedulers import build_scheduler
 from search.engine.searcher import new_searcher
 from search.engine.session import ray_session, set_progress_metrics
 from search.engine.tensorboard import TensorBoardCallback
-from search.engine.trainable import TRAINING_ITERATION, TrialSetup, run_trial, share
+from search.engine.trainable import TrialSetup, run_trial, share
 
 # The columns of Tune's progress table.
 PROGRESS_METRICS = ("overall", "sst_acc", "para_acc", "sts_pearson", "step", "train_samples_per_s")
@@ -62,7 +65,10 @@ def run_config(space: Any, name: str, storage_path: str | Path, callbacks: tuple
             num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=t.metric, checkpoint_score_order=t.mode,
         ),
         failure_config=tune.FailureConfig(max_failures=t.max_failures),
-        callbacks=[TensorBoardCallback(space, t.metric), KeepRestorable(), *callbacks],
+        # Tune's automatic loggers are off (session.ray_session): the CSV and JSON ones the results
+        # are read from are named here, and TensorBoard is the search's own
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TensorBoardCallback(space, t.metric), KeepRestorable(),
+                   *callbacks],
     )  # fmt: skip
 
 
@@ -78,11 +84,8 @@ def restore_tuner(experiment: Path, trainable: Any, log: Any = print) -> Any:
 def build_tuner(space: Any, setup: TrialSetup, refs: dict[str, Any], callbacks: tuple = ()) -> Any:
     t = space.tune
     budget = max_t(space)
-    searcher = new_searcher(space.define_by_run, t.metric, t.mode, t.seed, budget)
-    scheduler = ASHAScheduler(
-        time_attr=TRAINING_ITERATION, max_t=budget, grace_period=min(t.grace_period, budget),
-        reduction_factor=t.reduction_factor, metric=t.metric, mode=t.mode,
-    )  # fmt: skip
+    searcher = new_searcher(space, t.metric, t.mode, budget)
+    scheduler = build_scheduler(space, budget)  # tune.scheduler: ASHA, HyperBand, FIFO or PBT
     return tune.Tuner(
         build_trainable(setup, refs),
         tune_config=tune.TuneConfig(
@@ -107,17 +110,18 @@ def run_new(space: Any, setup: TrialSetup, data: dict[str, Any], experiment: Pat
 
 
 def run_restored(experiment: Path, space: Any, setup: TrialSetup, data: dict[str, Any], *, saved: bool,
-                 address: str | None = None, log: Any = print) -> None:  # fmt: skip
+                 address: str | None = None, tune_loggers: bool = False, log: Any = print) -> None:  # fmt: skip
     """Continue the search in ``experiment`` from Tune's saved state (``saved``), or start it again
     in the same folder when Tune saved none."""
     with stop_on_sigint(log) as ctrl_c:
-        with ray_session(address):
+        with ray_session(address, tune_loggers=tune_loggers and saved):
             refs = share(data)
             if saved:
                 tuner = restore_tuner(experiment, build_trainable(setup, refs), log)
             else:
                 log(f"{experiment}: the search was stopped before Tune saved its state; starting it from the "
                     "beginning")  # fmt: skip
+                forget(experiment)  # rung values of trials that will not come back
                 here = copy.copy(space)
                 here.tune = dataclasses.replace(space.tune, storage_path=str(experiment.parent), name=experiment.name)
                 tuner = build_tuner(here, setup, refs)

@@ -13,12 +13,16 @@ The parts, each in its own module:
 - ``values`` and ``checks``: a space's values on the run config, and the checks of each
   dimension's extremes (and pairs of them) against it;
 - ``smoke``: the smoke profile (``--smoke``);
+- ``sampler``: ``tune.sampler`` (the Optuna sampler, its options and the default rule);
+  ``warm_start``: ``tune.warm_start`` (points as Optuna parameters, earlier search folders);
 - ``search.errors.SpaceError``: the one error, naming the file, the key path and what is allowed.
 
 Dependencies point down: ``search.space`` imports ``mtbert``'s public API (``validate``), its
 config (``mtbert.config``) and words (``mtbert.errors``), two facts (the tiny encoder's depth,
 ``mtbert.model.pretrained.encoder_layers``; the dev metrics' names, ``mtbert.evaluate.Scores``)
-and ``search.errors``; nothing from ``search.engine``, and neither Ray nor Optuna: a dimension
-asks for its value through the trial object it is handed (``trial.suggest_float(...)``), and the
-engine hands it an Optuna trial.
+and ``search.errors``; neither Ray nor Optuna: a dimension asks for its value through the trial
+object it is handed (``trial.suggest_float(...)``), and the engine hands it an Optuna trial. From
+``search.engine`` one function alone, imported when a file gives ``tune.sampler`` options:
+``search.engine.samplers.check_options``, since the options a sampler takes are its Optuna
+constructor's.
 """

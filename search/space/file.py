@@ -46,9 +46,14 @@ from search.errors import SpaceError
 from search.space.checks import check_dimensions, check_ratio_grid, check_search_key
 from search.space.conditions import order
 from search.space.dimensions import Dimension, non_finite, parse_search
+from search.space.sampler import describe as describe_sampler
+from search.space.schedulers import describe as describe_scheduler
+from search.space.schedulers import finish as finish_scheduler
 from search.space.settings import FIELDS, TuneLayers, TuneSettings, build_settings, check_key, read_tune
 from search.space.smoke import SMOKE_RUN, SMOKE_TUNE, is_smoke_key, shrink, shrink_data, tiny_layers
 from search.space.values import build, run_key_problem, set_values, value_at
+from search.space.warm_start import WarmPoint, point, read_entries
+from search.space.warm_start import describe as describe_warm
 
 __all__ = ["Dimension", "Space", "SpaceError", "TuneSettings", "detect_profile", "evaluations", "load_space"]
 
@@ -66,6 +71,8 @@ class Space:
     notes: list[str] = field(default_factory=list)  # human lines for the CLI to print first
     max_evals: int = field(default=1, repr=False)
     max_steps: int = field(default=1, repr=False)
+    warm: list[Any] | None = field(default=None, repr=False)  # tune.warm_start read (``warm_start``); None: not yet
+    warm_where: str = field(default="tune.warm_start", repr=False)  # where tune.warm_start was written
 
     def define_by_run(self, trial: Any) -> None:
         """For ``OptunaSearch(space=...)``: suggest every active dimension, named by its key."""
@@ -92,6 +99,30 @@ class Space:
     def decode(self, params: dict[str, Any]) -> dict[str, Any]:
         """``{dotted key: real value}`` of the active dimensions, for display and export."""
         return {d.key: value for d, value in self.chosen(params)}
+
+    def params_for(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Optuna's parameters for ``values`` (``{dotted key: real value}``; a searched key left out
+        takes its base value), named and encoded as ``define_by_run`` suggests them: the inverse of
+        ``decode``. A value its dimension cannot take is a ``SpaceError``."""
+        finish = (lambda data: shrink_data(data, like=self.base)) if self.smoke else None
+        return point(self.dimensions, self.base.to_dict(), values, "values", self.path, finish=finish)[1]
+
+    def warm_start(self) -> list[Any]:
+        """``tune.warm_start`` read and checked (``search.space.warm_start``): its points
+        (``WarmPoint``, each a trial's valid run config) and earlier searches (``EarlierSearch``), in
+        order. Read once: when the space loads, or on first use for a space loaded without it."""
+        if self.warm is None:
+            finish = (lambda data: shrink_data(data, like=self.base)) if self.smoke else None  # as config_for does
+            entries = read_entries(self.tune.warm_start, self.warm_where, self.path, self.base.to_dict(),
+                                   self.dimensions, finish)  # fmt: skip
+            for entry in entries:
+                if isinstance(entry, WarmPoint):
+                    try:
+                        self.config_for(entry.params)
+                    except SpaceError as e:
+                        raise SpaceError(self.path, entry.where, f"{e.key}: {e.message}") from None
+            self.warm = entries
+        return self.warm
 
     def config_for(self, params: dict[str, Any], fixed: dict[str, Any] | None = None) -> RunConfig:
         """The base with the sampled values, validated; dimensions whose condition is unmet are ignored.
@@ -122,9 +153,13 @@ def detect_profile() -> str:
 
 
 def load_space(
-    path: str | Path, overrides: dict[str, str] | None = None, *, profile: str | None = None, smoke: bool = False
+    path: str | Path, overrides: dict[str, str] | None = None, *, profile: str | None = None, smoke: bool = False,
+    read_warm_start: bool = True,
 ) -> Space:
-    """Read, merge (file, profile, smoke, ``overrides``) and check a space file; see the module doc."""
+    """Read, merge (file, profile, smoke, ``overrides``) and check a space file; see the module doc.
+    ``read_warm_start=False`` leaves the files and folders ``tune.warm_start`` names unread until
+    ``Space.warm_start()`` is called: a search folder's saved copy of its space, whose searcher
+    already holds them (and whose relative paths were relative to the original file)."""
     path = Path(path)
     raw = _read(path)
     if not raw:
@@ -159,9 +194,15 @@ def load_space(
     base = _settings_into_run(base, settings)
     max_evals, max_steps = check_dimensions(path, base, dims)
     settings = _finish_settings(settings, layers, max_evals, path, smoke)
+    scheduler, scheduler_notes = finish_scheduler(settings, dims, layers.sources, path, smoke)
+    settings = dataclasses.replace(settings, scheduler=scheduler)
     _check_gpus(base, dims, settings, path)
     space = Space(path, base, dims, settings, name, smoke, max_evals=max_evals, max_steps=max_steps)
-    space.notes = _notes(space, chosen_profile is not None, profile is not None, pinned)
+    space.warm_where = layers.sources.get("warm_start", space.warm_where)
+    if read_warm_start:
+        space.warm_start()
+    space.notes = _notes(space, chosen_profile is not None, profile is not None, pinned) + scheduler_notes
+    space.notes += _start_notes(space)
     if one:
         asked = layers.values.get("num_samples", TuneSettings.num_samples)
         space.notes = [f"{n}, so 1 trial, not {asked}: every trial would be the same run" if n == FIXED_POINT else n
@@ -438,8 +479,8 @@ def _notes(space: Space, has_profile: bool, asked: bool, pinned: dict[str, str])
         runs = f"1 trial of {space.max_steps} steps and {t.max_t} evaluations ({resources}){budget}"
     else:
         runs = (
-            f"{trials} of up to {space.max_steps} steps, {at_once} ({resources} each), ASHA over {t.max_t} "
-            f"evaluations (grace {t.grace_period}, reduction {t.reduction_factor:g}){budget}"
+            f"{trials} of up to {space.max_steps} steps, {at_once} ({resources} each), "
+            f"{describe_scheduler(t)}{budget}"
         )
     lines = [f"{how}: {which}; {runs}"]
     if space.smoke:
@@ -458,9 +499,21 @@ def _notes(space: Space, has_profile: bool, asked: bool, pinned: dict[str, str])
             )
         )
     final = {
-        "best": "the best trial's checkpoint is scored on the full dev sets",
-        "all": "every trial scores its best checkpoint on the full dev sets",
+        "best": f"the top {t.final_top_k} trial(s) by selection score are scored on the full dev sets, the best "
+        "there is the search's best",
+        "all": "every trial's best checkpoint is scored on the full dev sets, the best there is the search's best",
         "none": "no full-dev evaluation",
     }
     lines.append(f"results: {Path(t.storage_path) / t.name}; after the search: {final[t.final_eval]}")
+    return lines
+
+
+def _start_notes(space: Space) -> list[str]:
+    """How the trials are proposed: the sampler, and what the search starts from."""
+    t = space.tune
+    lines = []
+    if space.dimensions and t.num_samples > 1:
+        lines.append(describe_sampler(t.sampler, t.num_samples, t.seed, warm=bool(t.warm_start)))
+    if space.warm:
+        lines += describe_warm(space.warm, t.num_samples)
     return lines

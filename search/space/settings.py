@@ -23,6 +23,10 @@ from mtbert.config import check
 from mtbert.errors import did_you_mean, one_of, show, unknown_setting
 from search.errors import SpaceError
 from search.space.dimensions import read_number
+from search.space.sampler import read_sampler
+from search.space.schedulers import SchedulerSettings
+from search.space.schedulers import check as check_scheduler
+from search.space.schedulers import merge as merge_scheduler
 
 FINAL_EVAL = ("best", "all", "none")
 
@@ -113,6 +117,18 @@ class TuneSettings:
     # After the search: "best" scores the best trial's checkpoint on the full dev sets and writes
     # its predictions, "all" lets every trial do so itself (train.final_eval), "none" skips it.
     final_eval: str = check("best", either(*FINAL_EVAL))
+    # With final_eval best: the top final_top_k trials by their selection score are scored on the
+    # full dev sets, and the best of them there becomes the search's best (search.summary).
+    final_top_k: int = check(3, integer(1))
+    # asha (default), hyperband, pbt or fifo, or {kind: ..., options}: search.space.schedulers
+    scheduler: SchedulerSettings = dataclasses.field(default=SchedulerSettings())
+    # The Optuna sampler: a kind (tpe, random, qmc, gp, cmaes) or {kind: ..., its options}, read by
+    # search.space.sampler; null: TPE, multivariate with group: true, random for the first
+    # max(2, num_samples // 4) finished trials (warm-start trials count), seeded with seed.
+    sampler: dict[str, Any] | None = None
+    # What the search starts from (search.space.warm_start): base, mappings of values, run-config or
+    # space files (points: the first trials, in order), earlier searches' folders (their trials join the study).
+    warm_start: list[Any] | None = None
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TuneSettings))
@@ -137,11 +153,20 @@ class TuneLayers:
 
     values: dict[str, Any] = dataclasses.field(default_factory=dict)
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    # the same setting written twice in one layer (tune.grace_period and tune.scheduler.grace_period)
+    conflicts: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def update(self, values: dict[str, Any], prefix: str) -> None:
+        written: dict[str, str] = {}  # this layer's settings, where written
         for key, value in values.items():
+            where = f"{prefix}.{key}" if prefix else key
+            if key == "scheduler" or str(key).startswith("scheduler."):
+                merge_scheduler(self.values, self.sources, key, value, where, self.conflicts, written)
+                continue
+            if key in written:
+                self.conflicts.append((where, written[key]))
             self.values[key] = read_number(value)
-            self.sources[key] = f"{prefix}.{key}" if prefix else key
+            self.sources[key] = written[key] = where
 
 
 def read_tune(raw: Any, path: Path) -> tuple[TuneLayers, dict[str, dict[str, Any]]]:
@@ -161,7 +186,7 @@ def read_tune(raw: Any, path: Path) -> tuple[TuneLayers, dict[str, dict[str, Any
 
 
 def check_key(key: Any, where: str, path: Path, allowed: tuple[str, ...] = FIELDS) -> None:
-    if key not in allowed:
+    if key not in allowed and not (str(key).startswith("scheduler.") and "scheduler" in allowed):
         raise SpaceError(path, f"{where}.{key}", unknown_setting(key, allowed, allowed))
 
 
@@ -186,6 +211,7 @@ def _read_profiles(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
 
 def build_settings(layers: TuneLayers, path: Path, extra_sst: bool) -> TuneSettings:
     """Check every value where it was written and build the settings."""
+    checked: dict[str, Any] = {}  # values read into another form (tune.sampler's mapping)
     for key, value in layers.values.items():
         where = layers.sources[key]
         if key == "metric":
@@ -196,7 +222,22 @@ def build_settings(layers: TuneLayers, path: Path, extra_sst: bool) -> TuneSetti
                     path, where, f"metric is {show(value)}{hint}, but {one_of(allowed)}"
                 )
             continue
+        if key == "scheduler":
+            continue
+        if key == "sampler":
+            checked[key] = read_sampler(value, where, path)
+            continue
+        if key == "warm_start":  # the entries are read with the dimensions (search.space.warm_start)
+            if value is not None and not isinstance(value, list):
+                raise SpaceError(path, where, f"is {show(value)}, but must be a list of entries: base, a mapping "
+                                              "such as {optim.lr: 3.0e-5}, a run config or space file, or an earlier "
+                                              "search's folder")  # fmt: skip
+            continue
         problem = RULES[key](value)
         if problem:
             raise SpaceError(path, where, f"{key} is {show(value)}, but {problem}")
-    return TuneSettings(**layers.values)
+    if layers.conflicts:
+        where, other = layers.conflicts[0]
+        raise SpaceError(path, where, f"is the same setting as {other}, given in the same place; give one of them")
+    scheduler = check_scheduler(layers.values.get("scheduler"), layers.sources, path)
+    return TuneSettings(**{**layers.values, **checked, "scheduler": scheduler})

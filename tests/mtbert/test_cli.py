@@ -85,3 +85,27 @@ def test_data_check_reports_quora_rows(data_dir, capsys):
     out = capsys.readouterr().out
     assert "quora-dev.csv:2577" in out and "quora-dev.csv:14222" in out
     assert "4 malformed row(s) in all" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["--set", "optim.lr=3e-5", "train.max_steps=100", "run.yaml"],
+    ["run.yaml", "--set", "optim.lr=3e-5", "train.max_steps=100"],
+    ["--set", "optim.lr=3e-5", "--set", "train.max_steps=100", "run.yaml", "--json"],
+    ["--set", "optim.lr=3e-5", "train.max_steps=100", "--", "run.yaml"],
+])  # fmt: skip
+def test_set_takes_several_pairs_after_one_flag(argv):
+    from mtbert.cli import parse_train_args
+
+    args = parse_train_args(argv)
+    assert args.config == "run.yaml" and args.overrides == ["optim.lr=3e-5", "train.max_steps=100"]
+
+
+def test_several_set_pairs_all_apply(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {encoder: tiny}\n")
+    out_dir = tmp_path / "out"
+    assert main(["--set", f"train.out_dir={out_dir}", "optim.lr=0", str(config)]) == 2  # the second pair is read
+    assert "optim.lr: is 0.0, but must be > 0" in capsys.readouterr().err and not out_dir.exists()
+    with pytest.raises(SystemExit) as stop:  # a lone --set, no config: argparse's usage error
+        main(["--set", "optim.lr=1e-5"])
+    assert stop.value.code == 2 and "required: config" in capsys.readouterr().err

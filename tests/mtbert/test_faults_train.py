@@ -84,6 +84,8 @@ def one_error_line(err: str) -> str:
     ("heads.para.hidden=[16]", ["heads.para.hidden is [16]", "checkpoint's is [8]"]),
     ("model.freeze_depth=1", ["model.freeze_depth is 1", "checkpoint's is 0"]),
     ("sampling.batch_size=2", ["sampling.batch_size is 2", "checkpoint's is 4"]),
+    ("sampling.mixed=true", ["sampling.mixed is true", "checkpoint's is false", "one batch of every task"]),
+    ("heads.sts.pooling=mean", ['heads.sts.pooling is "mean"', "checkpoint's is \"cls\""]),
     ("grad.method=pcgrad", ['grad.method is "pcgrad"', "checkpoint's is \"sum\""]),
     ("train.seed=3", ["train.seed is 3", "checkpoint's is 0"]),
     ("data.max_length=16", ["data.max_length is 16", "checkpoint's is 32"]),
@@ -107,14 +109,17 @@ def test_resume_takes_new_steps_rates_and_folder_and_its_checkpoints_resume_agai
     config = trained / "run.yaml"
     out = tmp_path / "O"
     changed = ["--set", "train.max_steps=6", "--set", "train.eval_every=3", "--set", "optim.lr=2e-3",
-               "--set", "optim.weight_decay=0.05", "--set", f"train.out_dir={out}"]  # fmt: skip
+               "--set", "optim.weight_decay=0.05", "--set", "heads.sst.dropout=0.1",
+               "--set", f"train.out_dir={out}"]  # fmt: skip
     assert main([str(config), "--no-progress", *changed, "--resume", str(trained / "run1" / "last")]) == 0
     from mtbert.train.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(out / "last")
     saved, metrics = loaded.config, loaded.metrics  # the original failure: heads did not fit config.yaml
     assert metrics["step"] == 6 and saved.optim.lr == 2e-3 and saved.train.out_dir == str(out)
-    again = ["--set", "train.max_steps=8", "--set", "optim.lr=2e-3", "--set", f"train.out_dir={out}"]
+    assert saved.heads.sst.dropout == 0.1 and loaded.model.specs["sst"].dropout == 0.1  # may change at resume
+    again = ["--set", "train.max_steps=8", "--set", "optim.lr=2e-3", "--set", "heads.sst.dropout=0.1",
+             "--set", f"train.out_dir={out}"]  # fmt: skip
     assert main([str(config), "--no-progress", *again, "--resume", str(out / "last")]) == 0
 
 

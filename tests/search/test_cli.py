@@ -53,3 +53,24 @@ def test_export_top_k_must_be_positive(tmp_path, capsys):
     Launch("space.yaml").save(tmp_path, "{}\n")
     assert main(["export", str(tmp_path), "--top-k", "0", "--out", str(tmp_path / "out")]) == 2
     assert "--top-k is 0, but must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--set", "tune.num_samples=2", "optim.lr=3e-5", "spaces/x.yaml"],
+    ["spaces/x.yaml", "--set", "tune.num_samples=2", "optim.lr=3e-5", "--smoke"],
+    ["--set", "tune.num_samples=2", "--set", "optim.lr=3e-5", "spaces/x.yaml"],
+    ["--set", "tune.num_samples=2", "optim.lr=3e-5", "--", "spaces/x.yaml"],
+])  # fmt: skip
+def test_set_takes_several_pairs_after_one_flag(argv):
+    from search.cli import parse_search_args
+
+    args = parse_search_args(argv)
+    assert args.space == "spaces/x.yaml" and args.overrides == ["tune.num_samples=2", "optim.lr=3e-5"]
+
+
+def test_several_set_pairs_all_apply(tmp_path, capsys):
+    space = tmp_path / "ok.yaml"
+    space.write_text(f"model: {{encoder: tiny}}\ntune: {{storage_path: {tmp_path / 'results'}}}\n")
+    assert main(["--set", "optim.lr=1e-5", "tune.num_samples=0", str(space)]) == 2  # the second pair is read
+    assert "tune.num_samples" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

@@ -12,6 +12,8 @@ import torch
 from helpers import MAX_T, NUM_SAMPLES, cli, trial_dirs, trial_rows
 from optuna.trial import TrialState
 
+from search.launch import Launch
+
 
 @pytest.fixture(scope="module")
 def search_run(smoke_search):
@@ -30,9 +32,22 @@ def test_summary_names_the_best_trial_and_its_scores(search_run):
     # the best checkpoint scored on the full dev sets, with prediction files
     assert set(best["full_dev"]) >= {"sst_acc", "para_acc", "sts_pearson", "overall"}
     assert (Path(best["checkpoint"]) / "predictions" / "sst-dev-output.csv").is_file()
-    # the best is the highest selection score of any trial
-    scores = [r["overall"] for d in trial_dirs(search_run["experiment"]) for r in trial_rows(d)]
-    assert best["selection"]["overall"] == pytest.approx(max(scores))
+    # the final pick: the top 3 trials by selection score (tune.final_top_k's default), each with both
+    # scores, best first on the full dev sets; the best is the first of them
+    best_rows = {d.name.removeprefix("trial_"): max(r["overall"] for r in trial_rows(d))
+                 for d in trial_dirs(search_run["experiment"])}  # fmt: skip
+    top = sorted(best_rows, key=lambda t: (-best_rows[t], t))[:3]
+    finalists = summary["finalists"]
+    assert summary["final_top_k"] == 3 and sorted(f["trial_id"] for f in finalists) == sorted(top)
+    for f in finalists:
+        assert f["selection"]["overall"] == pytest.approx(best_rows[f["trial_id"]])  # as the summary's own check above
+        assert top[f["selection_rank"] - 1] == f["trial_id"]
+        assert set(f["full_dev"]) >= {"sst_acc", "para_acc", "sts_pearson", "overall"}
+        assert f["full_dev_examples"]["sst"] > 48  # the whole sst dev set, not the subset
+        assert Path(f["checkpoint"], "predictions", "sst-dev-output.csv").is_file()
+    full = [f["full_dev"]["overall"] for f in finalists]
+    assert full == sorted(full, reverse=True) and best["trial_id"] == finalists[0]["trial_id"]
+    assert best["full_dev"] == finalists[0]["full_dev"]
     assert Path(best["config"]).is_file() and "tiny" in Path(best["config"]).read_text()
     assert json.loads((search_run["experiment"] / "summary.json").read_text())["best"]["trial_id"] == best["trial_id"]
 
@@ -67,10 +82,14 @@ def test_tensorboard_has_every_trial_with_its_metrics_and_hparams(search_run):
 
     dirs = trial_dirs(search_run["experiment"])
     assert len(dirs) == NUM_SAMPLES
+    # its run config names Tune's CSV and JSON loggers itself (a resume keeps Tune's automatic ones off)
+    assert Launch.read(search_run["experiment"]).explicit_loggers is True
     for trial_dir in dirs:
         events = EventAccumulator(str(trial_dir))
         events.Reload()
         tags = set(events.Tags()["scalars"])
+        # the search's own curves only: Tune adds no TensorBoard logger of its own (ray/tune/* tags)
+        assert not any(tag.startswith("ray/") for tag in tags), sorted(tags)
         expected = {"dev/overall", "dev/sst_acc", "dev/para_acc", "dev/para_f1", "dev/sts_pearson",
                     "train/train_loss_sst", "train/train_loss_para", "train/train_loss_sts", "train/lr",
                     "train/train_samples_per_s", "grad/grad_conflict_frac", "grad/grad_cos_sst_para"}  # fmt: skip
@@ -103,16 +122,22 @@ def test_status_formats(search_run, capsys):
     assert len(df) == NUM_SAMPLES
     assert {"trial_id", "status", "optuna", "iterations", "optim.lr", "optim.head_lr", "overall", "sst_acc",
             "para_acc", "sts_pearson"} <= set(df.columns)  # fmt: skip
-    assert df["overall"].is_monotonic_decreasing  # best first
+    # best first: the final pick's finalists by full-dev score, then the others by selection score
+    finalists = search_run["summary"]["finalists"]
+    assert list(df["trial_id"][: len(finalists)]) == [f["trial_id"] for f in finalists]
+    full = [f["full_dev"]["overall"] for f in finalists]
+    assert list(df["full_dev_overall"][: len(finalists)]) == pytest.approx(full)  # floats read back from CSV text
+    assert df["overall"][len(finalists) :].is_monotonic_decreasing
     assert set(df["optuna"]) <= {"COMPLETE", "PRUNED"} and "PRUNED" in set(df["optuna"])
     assert df.iloc[0]["trial_id"] == search_run["summary"]["best"]["trial_id"]
     assert main(["status", experiment, "--format", "markdown"]) == 0
     md = capsys.readouterr().out.splitlines()
     assert md[0].startswith("| trial_id | status | optuna | iterations |") and md[1].startswith("|---|")
-    assert len(md) == 2 + NUM_SAMPLES
+    assert len(md) == 2 + NUM_SAMPLES + 2 and md[-1].startswith("scores: ")  # the table, a blank line, the legend
     assert main(["status", experiment]) == 0
     text = capsys.readouterr().out
-    assert "trial_id" in text and len(text.splitlines()) == 1 + NUM_SAMPLES
+    assert "trial_id" in text and len(text.splitlines()) == 1 + NUM_SAMPLES + 1
+    assert "on the selection subset (48 dev rows per task); full_dev_overall: the best checkpoint" in text
 
 
 @pytest.mark.slow
@@ -130,7 +155,11 @@ def test_export_top_2_reloads_and_reproduces_its_metrics(search_run):
     assert sorted(p.name for p in out.iterdir()) == ["rank-1", "rank-2"]
     infos = [json.loads((out / f"rank-{k}" / "trial.json").read_text()) for k in (1, 2)]
     assert infos[0]["trial_id"] == search_run["summary"]["best"]["trial_id"]
-    assert infos[0]["score"] >= infos[1]["score"] and infos[0]["trial_id"] != infos[1]["trial_id"]
+    # ranked by the final pick: both are finalists (the top 3 by selection), best first on the full dev sets
+    assert infos[0]["finalist"] and infos[1]["finalist"] and infos[0]["trial_id"] != infos[1]["trial_id"]
+    assert infos[0]["full_dev"]["overall"] >= infos[1]["full_dev"]["overall"]
+    assert infos[0]["selection_dev_examples"] == 48 and infos[0]["full_dev_examples"]["sst"] > 48
+    assert infos[0]["selection"]["overall"] == infos[0]["score"] and "top 3" in infos[0]["rank_rule"]
     for rank, info in enumerate(infos, 1):
         folder = out / f"rank-{rank}"
         assert {p.name for p in folder.iterdir()} >= {"encoder", "heads.safetensors", "config.yaml", "metrics.json",

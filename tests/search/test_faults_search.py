@@ -331,10 +331,21 @@ def test_user_errors_of_status_and_resume_exit_2_in_one_line(data_dir, tmp_path,
 NUM_SAMPLES = 3
 
 
+WARM_LR = [1.0e-3, 3.0e-3]  # the warm-start points: the first trials, once each however often the search resumes
+
+
 def write_space(tmp: Path, data_dir: Path, token_cache: Path, name: str, steps: int, num_samples: int) -> Path:
-    """The shared template with one dimension, ASHA's grace period 2 evaluations, no diagnostics."""
-    return helpers.write_space(tmp, data_dir, token_cache, name, "  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}",
+    """The shared template with one dimension, ASHA's grace period 2 evaluations, no diagnostics, and two
+    warm-start points."""
+    path = helpers.write_space(tmp, data_dir, token_cache, name, "  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}",
                                steps=steps, num_samples=num_samples, grace=2, grad="")  # fmt: skip
+    path.write_text(path.read_text() + "  warm_start: [" + ", ".join(f"{{optim.lr: {lr}}}" for lr in WARM_LR) + "]\n")
+    return path
+
+
+def warm_started(study) -> list[float]:
+    """The optim.lr of the study's trials that were warm-start points, in order."""
+    return [t.params["optim.lr"] for t in study.trials if t.user_attrs.get("proposed_by") == "warm start"]
 
 
 def has_checkpoint(experiment: Path) -> bool:
@@ -514,6 +525,7 @@ def test_killed_at_wrap_up_then_status_and_resume_give_the_whole_search(contende
     assert rows_of(second) == contended["rows_at_wrapup"]  # nothing ran again
     study = load_searcher(second).study()
     assert len(study.trials) == NUM_SAMPLES and {s.state.name for s in study.trials} <= {"COMPLETE", "PRUNED"}
+    assert warm_started(study) == WARM_LR  # two resumes and a kill later, each point ran once, first
     assert not list(second.glob("trial_*/.kept-*")) and not (second / "search.lock").exists()
 
 
@@ -533,6 +545,10 @@ def test_ctrl_c_before_tune_saved_anything_then_resume_runs_the_search(data_dir,
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert strict_json(resumed.stdout)["trials"] == 1
     assert [t.status for t in load_results(experiment).trials] == ["TERMINATED"]
+    # started again from the saved copy of the space: its one trial is the first warm-start point
+    from search.engine.searcher import load_searcher
+
+    assert warm_started(load_searcher(experiment).study()) == WARM_LR[:1]
 
 
 def test_a_space_file_that_is_not_utf8_exits_2_naming_it(tmp_path, capsys):

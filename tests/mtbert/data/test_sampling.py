@@ -199,15 +199,108 @@ def test_state_dict_round_trip_continues_the_same_sequence(name):
 
 def test_resuming_with_other_settings_fails():
     state = build_schedule("proportional", COURSE, batch_size=8, alpha=0.5).state_dict()
-    with pytest.raises(ValueError, match=r"cannot resume: the checkpoint's sampling.alpha is 0.5, "
-                                         r"but this schedule's is 1.0"):
-        build_schedule("proportional", COURSE, batch_size=8, alpha=1.0).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"cannot resume: the checkpoint's sampling.mixed is False, "
+                                         r"but this schedule's is True \(only alpha may change\)"):
+        build_schedule("proportional", COURSE, batch_size=8, alpha=0.5, mixed=True).load_state_dict(state, step=3)
     with pytest.raises(ValueError, match=r"cannot resume: the checkpoint's sampling.schedule is 'proportional', "
                                          r"but this one is 'annealed'"):
         build_schedule("annealed", COURSE, batch_size=8, max_epochs=3).load_state_dict(state)
     with pytest.raises(ValueError, match=r"cannot resume: the checkpoint's sampling.batch_size is 8, "
                                          r"but this schedule's is 16"):
         build_schedule("proportional", COURSE, batch_size=16, alpha=0.5).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"cannot resume: the checkpoint's sampling.per_step is 'equal', "
+                                         r"but this schedule's is 'proportional'$"):
+        state = build_schedule("round_robin", COURSE, batch_size=8).state_dict()
+        build_schedule("round_robin", COURSE, batch_size=8, per_step="proportional").load_state_dict(state, step=3)
+
+
+# ---- a resume that changes a schedule's rates or counts (Population Based Training) ----------------
+
+SIZES = {"sst": 300, "quora": 700, "sts": 200}
+# schedule -> (settings saved, settings resumed with): the settings of REPLANNABLE, each changed
+CHANGES = {
+    "proportional": ({"alpha": 0.5}, {"alpha": 1.0}),
+    "annealed": ({"max_epochs": 4, "anneal_start": 0.5, "anneal_end": 0.1},
+                 {"max_epochs": 6, "anneal_start": 0.9, "anneal_end": 0.0}),
+    "ratios": ({"ratios": {"sst": 1, "quora": 3, "sts": 0}}, {"ratios": {"sst": 1, "quora": 1, "sts": 1}}),
+    "samples_per_epoch": ({"samples_per_epoch": {"sst": 50, "quora": 90, "sts": None}},
+                          {"samples_per_epoch": {"sst": 400, "quora": 90, "sts": 10}}),
+}  # fmt: skip
+
+
+def resumed_with(name, new, state, step):
+    schedule = build_schedule(name, SIZES, batch_size=8, seed=5, **new)
+    schedule.load_state_dict(json.loads(json.dumps(state)), step=step)  # plain data, as a checkpoint stores it
+    return schedule
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+def test_a_resume_with_new_rates_or_counts_plans_with_them_from_the_resumed_step(name):
+    old, new = CHANGES[name]
+    assert set(old) | set(new) <= SCHEDULES.get(name).REPLANNABLE
+    n, m = 137, 300  # the resume falls inside an epoch; the continuation crosses epoch boundaries
+    first = build_schedule(name, SIZES, batch_size=8, seed=5, **old)
+    before = plans(first, 0, n + m)
+    resumed = resumed_with(name, new, first.state_dict(), n)
+    fresh = build_schedule(name, SIZES, batch_size=8, seed=5, **new)  # new settings from step 0
+    after = plans(resumed, n, n + m)
+    assert after != before[n:]  # the new settings are used...
+    if fresh.steps_per_epoch == first.steps_per_epoch:  # ...as a schedule built with them plans those steps
+        assert after == plans(fresh, n, n + m)
+        assert [resumed.epoch_of(s) for s in range(n, n + m)] == [first.epoch_of(s) for s in range(n, n + m)]
+    else:  # the epoch's table of counts is the new one, read from where the epoch began
+        epoch = first.epoch_of(n)
+        start = resumed.epoch_start(epoch)
+        assert start == epoch * first.steps_per_epoch and resumed.epoch_of(n) == epoch
+        rows = fresh.plan_epoch(epoch)[n - start :].tolist()  # the new settings' table of that epoch
+        assert after[: len(rows)] == [{t: c for t, c in zip(fresh.tasks, row) if c} for row in rows]
+        assert resumed.epoch_of(start + fresh.steps_per_epoch) == epoch + 1
+    # deterministic, and a resume of the resumed run (settings unchanged) plans the same steps
+    assert plans(resumed_with(name, new, first.state_dict(), n), n, n + m) == after
+    k = n + 100
+    again = resumed_with(name, new, resumed.state_dict(), None)  # unchanged settings need no step
+    assert plans(again, k, n + m) == after[k - n :]
+    assert [again.epoch_of(s) for s in range(k, n + m)] == [resumed.epoch_of(s) for s in range(k, n + m)]
+
+
+def test_new_ratios_set_the_epoch_length_from_the_epoch_in_progress():
+    old = {"sst": 1, "quora": 3, "sts": 0}  # counts 8, 24, 0: 38 steps an epoch (sst's 300 examples)
+    first = build_schedule("ratios", SIZES, batch_size=8, ratios=old)
+    assert first.steps_per_epoch == 38
+    # longer epochs (88 steps: quora's 700 at 8 a step): epoch 1 began at step 38 and now ends at 126
+    longer = resumed_with("ratios", {"ratios": {"sst": 1, "quora": 1, "sts": 1}}, first.state_dict(), 50)
+    assert [longer.epoch_of(s) for s in (37, 38, 50, 125, 126, 213, 214)] == [0, 1, 1, 1, 2, 2, 3]
+    assert plans(longer, 50, 53) == [{"sst": 8, "quora": 8, "sts": 8}] * 3
+    # shorter epochs (22 steps): epoch 1 is already 37 steps long at step 75, so it ends there
+    shorter = resumed_with("ratios", {"ratios": {"sst": 4, "quora": 4, "sts": 4}}, first.state_dict(), 75)
+    assert [shorter.epoch_of(s) for s in (74, 75, 96, 97)] == [1, 2, 2, 3]
+    assert shorter.state_dict()["anchor"] == {"step": 75, "epoch": 2}
+    # a second change counts from the first one's anchor
+    back = resumed_with("ratios", {"ratios": old}, shorter.state_dict(), 100)  # epoch 3 began at 97
+    assert [back.epoch_of(s) for s in (99, 100, 134, 135)] == [3, 3, 3, 4]
+    assert plans(back, 100, 101) == [{"sst": 8, "quora": 24}]
+
+
+def test_a_changed_setting_needs_the_resumed_step():
+    state = build_schedule("proportional", SIZES, batch_size=8, alpha=0.5).state_dict()
+    with pytest.raises(ValueError, match=r"sampling.alpha changed, and re-planning needs the step the run resumes at"):
+        build_schedule("proportional", SIZES, batch_size=8, alpha=0.2).load_state_dict(state)
+
+
+def test_what_may_change_at_resume_is_what_the_schedules_re_plan():
+    """``mtbert.config.resume`` (which knows no schedule) lets through the config keys whose settings
+    the schedules re-plan, and refuses the others before anything loads."""
+    from mtbert.config import RunConfig, may_change_at_resume
+
+    config = RunConfig()
+    for name in SCHEDULES:
+        cls = SCHEDULES.get(name)
+        keys = set(build_schedule(name, SIZES, batch_size=8, **SETTINGS[name]).settings())
+        assert cls.REPLANNABLE <= keys, name
+        for key in keys:
+            dotted = "train.max_steps" if key == "max_epochs" else f"sampling.{key}"  # annealed's length
+            assert dotted in config.flat() or key == "order" or any(k.startswith(dotted + ".") for k in config.flat())
+            assert may_change_at_resume(dotted) == (key in cls.REPLANNABLE), (name, key)
 
 
 def test_unknown_schedule_lists_the_choices():

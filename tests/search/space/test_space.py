@@ -233,6 +233,8 @@ BAD = [
     (BASE + "tune: {keep_checkpoints: 3}\n", "tune.keep_checkpoints", "keep_checkpoints is 3, but must be 1 or 2"),
     (BASE + "tune: {eval_subset: 0}\n", "tune.eval_subset", "eval_subset is 0, but must be an integer >= 1 or null"),
     (BASE + "tune: {final_eval: yes}\n", "tune.final_eval", "must be best or all or none"),
+    (BASE + "tune: {final_top_k: 0}\n", "tune.final_top_k", "final_top_k is 0, but must be an integer >= 1"),
+    (BASE + "tune: {final_top_k: 2.5}\n", "tune.final_top_k", "final_top_k is 2.5, but must be an integer >= 1"),
     (BASE + "tune: {name: a/b}\n", "tune.name", "must be a folder name"),
     (
         BASE + "tune: {grace_period: 5}\n",
