@@ -11,8 +11,9 @@
                                    and member.json (ids, source checkpoint); a re-run reuses them
         retrain/                   with --retrain-seeds: Ray Tune's folder of the retrained trials
 
-Members are the top K trials by the search metric, each its best checkpoint (named by its trial
-id). With ``--retrain-seeds S`` each of their configs is also trained again to its full budget
+Members are the top K trials in the search's final order (``SearchResults.ranked``: the finalists
+by their full-dev score, then the rest by the selection score), each its best checkpoint (named by its
+trial id). With ``--retrain-seeds S`` each of their configs is also trained again to its full budget
 (trials ASHA stopped never reached it) with S new seeds (``<trial id>-seed<n>``): one Ray Tune
 trial per (trial, seed), through ``search.engine.retrain`` (``run_trial``) with the search's resources and
 concurrency, each member its best checkpoint by the search metric. The originals stay candidates.

@@ -219,6 +219,10 @@ def resume_search(experiment: Path, space: Any, launch: Launch, *, address: str 
     if saved and not can_restore(experiment):
         raise SearchError(f"{experiment} holds Ray Tune's trial states but not its tuner.pkl; it cannot be resumed")
     data = read_data(setup, log)  # a data file that moved or broke since: an error before Ray starts
+    if saved:
+        from search.engine.repair import repair_study
+
+        repair_study(experiment, space, launch.max_t, log)  # a study cut short by a kill: rebuilt from the results
     run_restored(experiment, space, setup, data, saved=saved, address=address,
                  tune_loggers=not launch.explicit_loggers, log=log)
     return experiment

@@ -8,6 +8,7 @@
     warm_start.py    tune.warm_start in the study: an earlier search's trials added, the points enqueued
     schedulers.py    tune.scheduler: ASHA, HyperBand, FIFO, or PBT with each trial's lineage (``LineagePBT``)
     rungs.py         ASHA whose rungs, brackets and decisions survive ``resume`` (``ResumableASHA``)
+    repair.py        a saved Optuna study cut short by a kill, rebuilt from the trials' results before ``resume``
     retention.py     the checkpoint a saved state points at, kept until the next state is saved
     tensorboard.py   per-trial TensorBoard curves and HParams, fed by a Tune callback
     interrupt.py     Ctrl-C: Tune's stop request, then ``SearchInterrupted``
