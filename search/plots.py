@@ -263,6 +263,19 @@ def dimensions(results: SearchResults, values: dict[str, dict[str, Any]], max_t:
 # ---- gradient conflict -----------------------------------------------------------------------------
 
 
+def _finish_panels(fig: Figure, axes: list, used: int, ncols: int, xlabel: str, legend_title: str) -> None:
+    """A grid of panels sharing x: spare panels hidden, the x label under each column's last panel,
+    and one legend of the trials (the first panel's lines) to the right."""
+    for ax in axes[used:]:
+        ax.set_visible(False)
+    for ax in axes[:used][-ncols:]:
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize=8, title=legend_title, title_fontsize=8,
+               frameon=False)  # fmt: skip
+
+
 def gradient_keys(histories: dict[str, list[dict]]) -> list[str]:
     """The gradient-conflict keys any trial reports, task pairs in the trainer's order."""
     keys = list(dict.fromkeys(k for rows in histories.values() for r in rows for k in r if k.startswith("grad_cos_")))
@@ -299,14 +312,7 @@ def gradient_curves(results: SearchResults, histories: dict[str, list[dict]], to
         ax.set_title(label(key), fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in axes[len(keys) :]:
-        ax.set_visible(False)
-    for ax in axes[: len(keys)][-ncols:]:
-        ax.set_xlabel("evaluation")
-        ax.xaxis.set_tick_params(labelbottom=True)
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside right upper", fontsize=8, title=f"the {len(trials)} best\ntrial(s)",
-               title_fontsize=8, frameon=False)  # fmt: skip
+    _finish_panels(fig, axes, len(keys), ncols, "evaluation", f"the {len(trials)} best\ntrial(s)")
     fig.suptitle("gradient conflict between tasks on the shared encoder (at the evaluation's last diagnosed step)")
     return fig
 
@@ -370,13 +376,7 @@ def pbt_lineage(results: SearchResults, values: dict[str, dict[str, Any]], keys:
             ax.set_yscale("log")
         ax.set_title(key, fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in axes[len(keys) :]:
-        ax.set_visible(False)
-    for ax in axes[: len(keys)][-ncols:]:
-        ax.set_xlabel("training step")
-        ax.xaxis.set_tick_params(labelbottom=True)
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside right upper", fontsize=8, title="trial", title_fontsize=8, frameon=False)
+    _finish_panels(fig, axes, len(keys), ncols, "training step", "trial")
     fig.suptitle(f"PBT: each trial's mutated settings over training steps ({len(exploits)} exploit(s), arrows: "
                  "donor → recipient)")  # fmt: skip
     return fig

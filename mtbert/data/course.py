@@ -111,6 +111,16 @@ def read_task(data_dir: str | os.PathLike, task: str, split: str) -> ReadReport:
     return read_file(Path(data_dir) / TASK_FILES[task][split], task, labeled=split != "test", split=split)
 
 
+def decode_utf8(raw: bytes, name: str | os.PathLike, expected: str, encoding: str = "utf-8") -> str:
+    """A file's bytes as text; ``DataError`` naming the file, the line of the first byte that is not
+    UTF-8, and ``expected`` (what the file should hold) otherwise."""
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{name}:{line}: not UTF-8 ({e.reason}); {expected}") from None
+
+
 def read_file(path: str | os.PathLike, task: str, *, labeled: bool = True, split: str | None = None,
               data: bytes | None = None) -> ReadReport:
     """The rows of one course file. A file that cannot be read, is empty, lacks a needed column, or
@@ -129,11 +139,7 @@ def read_file(path: str | os.PathLike, task: str, *, labeled: bool = True, split
         raw = path.read_bytes() if data is None else data
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror or e}); expected {expects}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 ({e.reason}); expected {expects}") from None
+    text = decode_utf8(raw, path, f"expected {expects}")
     # The csv module, not pandas: only it tells the line each row starts on, which the report needs.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
     header = next(reader, None)

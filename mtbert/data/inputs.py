@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtbert.data.course import TASK_FORMATS, DataError, MalformedRow, read_file
+from mtbert.data.course import TASK_FORMATS, DataError, MalformedRow, decode_utf8, read_file
 from mtbert.tasks import DATA_TASK, PAIR_TASKS
 
 STDIN = "-"
@@ -86,11 +86,7 @@ def read_inputs(task: str, source: str) -> Inputs:
             raw = path.read_bytes()
         except OSError as e:
             raise DataError(f"{path} cannot be read ({e.strerror or e}); {expected(task)}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{name}:{line}: not UTF-8 ({e.reason}); {expected(task)}") from None
+    text = decode_utf8(raw, name, expected(task), encoding="utf-8-sig")
     if not text.strip():
         raise DataError(f"{name} is empty; {expected(task)}")
     if text.lstrip().startswith("{"):

@@ -29,7 +29,7 @@ from search.engine.analysis import read_trials
 from search.engine.samplers import build_sampler
 from search.engine.searcher import PruningOptunaSearch, load_searcher
 from search.engine.trainable import COMPLETE_KEY, STOP_KEY, TRAINING_ITERATION
-from search.engine.warm_start import PROPOSED_BY, _Misfit, _Replay
+from search.engine.warm_start import PROPOSED_BY, Misfit, Replay
 from search.space.sampler import sampler_options
 
 STATE_FILES = "searcher-state-*.pkl"
@@ -80,10 +80,10 @@ def _finished_trial(space: Any, trial: Any, metric: str, max_t: int) -> Any:
     value = float(last[metric])
     if complete and not math.isfinite(value):
         complete = False
-    replay = _Replay(dict(trial.config), {})
+    replay = Replay(dict(trial.config), {})
     try:
         space.define_by_run(replay)
-    except _Misfit:
+    except Misfit:
         return None
     return create_trial(
         state=TrialState.COMPLETE if complete else TrialState.PRUNED, value=value if math.isfinite(value) else None,

@@ -88,11 +88,11 @@ def _launch(folder: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-class _Misfit(Exception):
+class Misfit(Exception):
     pass
 
 
-class _Replay:
+class Replay:
     """A stand-in for an Optuna trial that answers ``define_by_run`` with an earlier trial's values
     and records the distribution each parameter is asked with."""
 
@@ -112,7 +112,7 @@ class _Replay:
     def _take(self, name: str, distribution: Any) -> Any:
         self.asked[name] = distribution
         if name not in self.params:
-            raise _Misfit(f"it has no value for {name}, which this space searches")
+            raise Misfit(f"it has no value for {name}, which this space searches")
         value = self.params[name]
         try:
             fits = distribution._contains(distribution.to_internal_repr(value))
@@ -120,16 +120,16 @@ class _Replay:
             fits = False
         if not fits:
             was = f" (searched there as {self.old[name]})" if name in self.old else ""
-            raise _Misfit(f"its {name} {value!r}{was} is not a value of this space's {distribution}")
+            raise Misfit(f"its {name} {value!r}{was} is not a value of this space's {distribution}")
         return value
 
 
 def _fitted(space: Any, trial: Any, origin: str) -> tuple[str | None, Any]:
     """``(None, the trial as this study records it)``, or ``(why it does not fit, None)``."""
-    replay = _Replay(trial.params, trial.distributions)
+    replay = Replay(trial.params, trial.distributions)
     try:
         space.define_by_run(replay)
-    except _Misfit as e:
+    except Misfit as e:
         return str(e), None
     extra = sorted(set(trial.params) - set(replay.asked))
     if extra:

@@ -182,7 +182,7 @@ class Range(Dimension):
 
     @classmethod
     def parse_bounds(cls, body: Any, where: str, path: Path) -> tuple[float, float]:
-        body = _numbers(body)
+        body = read_numbers(body)
         kind, what = cls.KIND, "integers" if cls.integer else "numbers"
         ok = isinstance(body, list) and len(body) == 2
         ok = ok and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in body)
@@ -323,11 +323,12 @@ def read_number(value: Any) -> Any:
     return float(value) if isinstance(value, str) and _YAML11_FLOAT.match(value) else value
 
 
-def _numbers(value: Any) -> Any:
+def read_numbers(value: Any) -> Any:
+    """``read_number`` through lists and mappings."""
     if isinstance(value, list):
-        return [_numbers(v) for v in value]
+        return [read_numbers(v) for v in value]
     if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
+        return {k: read_numbers(v) for k, v in value.items()}
     return read_number(value)
 
 
@@ -396,7 +397,7 @@ def parse_dimension(key: str, spec: Any, path: Path, name: str, origin: str = "s
 
 
 def _parse_choices(spec: dict[str, Any], where: str, path: Path) -> list[Any]:
-    choices = _numbers(spec["choice"])
+    choices = read_numbers(spec["choice"])
     if not isinstance(choices, list) or not choices:
         raise SpaceError(
             path, where, f"choice is {show(choices)}, but must be a non-empty list of values, e.g. [sum, pcgrad]"
@@ -427,7 +428,7 @@ def _parse_when(raw: Any, where: str, path: Path) -> dict[str, list[Any]]:
         )
     when = {}
     for key, values in raw.items():
-        values = _numbers(values)
+        values = read_numbers(values)
         if not isinstance(values, list) or not values:
             raise SpaceError(
                 path,

@@ -39,7 +39,7 @@ from typing import Any
 from mtbert.config import ConfigError, read_config, set_dotted
 from mtbert.errors import did_you_mean, show
 from search.errors import SpaceError
-from search.space.dimensions import Choice, Dimension, flow, read_number, same
+from search.space.dimensions import Choice, Dimension, flow, read_numbers, same
 from search.space.values import set_values, value_at
 
 BASE = "base"
@@ -81,7 +81,7 @@ def read_entries(raw: Any, where: str, path: Path, base: dict[str, Any], dims: l
         if entry == BASE:
             out.append(WarmPoint(at, BASE, *point(dims, base, {}, at, path, finish=finish)))
         elif isinstance(entry, dict):
-            given = {str(k): _numbers(v) for k, v in entry.items()}
+            given = {str(k): read_numbers(v) for k, v in entry.items()}
             written = "{" + ", ".join(f"{k}: {flow(v)}" for k, v in given.items()) + "}"
             out.append(WarmPoint(at, written, *point(dims, base, given, at, path, finish=finish)))
         elif isinstance(entry, str) and entry:
@@ -212,14 +212,6 @@ def encode(d: Dimension, value: Any) -> Any:
     if isinstance(d, Choice):
         return d.encode(value)
     return int(value) if d.integer else float(value)
-
-
-def _numbers(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items()}
-    return read_number(value)
 
 
 def describe(entries: list, num_samples: int) -> list[str]:
