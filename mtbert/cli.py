@@ -170,7 +170,16 @@ def train_main(args: argparse.Namespace) -> int:
             final = final_evaluation(result.checkpoint, config, run.tokenizer, run.device)
         except KeyboardInterrupt:
             return interrupted(args, kept_checkpoint(args, out_dir, started), "in the final evaluation (training is done)")
-    summary = run_summary(run, result, final)
+    report = None
+    if config.data.dev_holdout and result.checkpoint is not None:
+        from mtbert.predict import report_evaluation
+
+        try:
+            report = report_evaluation(result.checkpoint, config, run.tokenizer, run.device)
+        except KeyboardInterrupt:
+            when = "scoring the report half (training is done)"
+            return interrupted(args, kept_checkpoint(args, out_dir, started), when)
+    summary = run_summary(run, result, final, report)
     if args.json:
         from mtbert.evaluate import strict_json
 
@@ -329,12 +338,18 @@ def print_table(summary: dict, confusion: list[list[int]] | None) -> None:
         ("sts", "Pearson r", "sts_pearson"), ("sts", "Spearman rho", "sts_spearman"),
         ("overall", "(sst + para + (1 + r) / 2) / 3", "overall"),
     ]  # fmt: skip
-    print(f"{'task':14}{'metric':32}{first:>10}{'selection':>11}")
+    report = summary.get("report")
+    print(f"{'task':14}{'metric':32}{first:>10}{'selection':>11}" + (f"{'report half':>13}" if report else ""))
     for task, metric, key in rows:
-        print(f"{task:14}{metric:32}{summary[key]:10.4f}{sel[key]:11.4f}")
+        print(f"{task:14}{metric:32}{summary[key]:10.4f}{sel[key]:11.4f}" + (f"{report[key]:13.4f}" if report else ""))
     n = summary["selection_dev_examples"]
     print(f"(selection: the evaluations that chose the best step, on {n['sst']}/{n['para']}/{n['sts']} "
           "sst/para/sts dev examples)")
+    if report:
+        r = summary["report_examples"]
+        print(f"(report half: {r['sst']}/{r['para']}/{r['sts']} sst/para/sts dev rows held out by data.dev_holdout "
+              f"{summary['dev_holdout']:g}, read once, after the best step was chosen"
+              + ("; full dev: the whole selection half of each dev set" if first == "full dev" else "") + ")")
     if confusion:
         print("sst confusion (rows gold 0-4, columns predicted 0-4):")
         for row in confusion:

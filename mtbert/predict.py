@@ -1,9 +1,11 @@
-"""A model's predictions: on one dataset (in file order), the dev metrics of every task, and a
-checkpoint's final evaluation on the full dev sets with its prediction files for dev and test."""
+"""A model's predictions: on one dataset (in file order), the dev metrics of every task, a
+checkpoint's final evaluation on the full dev sets with its prediction files for dev and test, and
+its scores on the report half of the dev sets (``data.dev_holdout``)."""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +101,25 @@ def evaluate(model: MultiTaskModel, dev: dict[str, TaskDataset], device: torch.d
     return Evaluation(metrics, confusion_matrix(*pairs["sst"]).tolist())
 
 
+def report_evaluation(checkpoint: Path, config: RunConfig, tokenizer: Any, device: torch.device) -> dict[str, Any]:
+    """The checkpoint on the report half of every dev set (``data.dev_holdout``, ``mtbert.data.holdout``):
+    ``{"report": metrics, "report_examples": rows per task, "report_seconds": time taken}``. It is the
+    only reader of the report half: call it once, on the model a run or a search has chosen."""
+    began = time.perf_counter()
+    model = load_checkpoint(checkpoint, device).model
+    folder = resolve_data_dir(config.data.dir)
+    sets = {t: load_split(config, tokenizer, t, "dev", data_dir=folder, half="report") for t in TASKS}
+    metrics = evaluate(model, sets, device, config.train.bf16 and device.type == "cuda").metrics
+    return {"report": metrics, "report_examples": {t: len(ds) for t, ds in sets.items()},
+            "report_seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
+
+
 def final_evaluation(checkpoint: Path, config: RunConfig, tokenizer: Any, device: torch.device) -> FinalEvaluation:
     """The best checkpoint on the full dev sets (metrics, SST confusion) and its dev and test
     predictions in the course's submission format, under ``<checkpoint>/predictions``. A split
-    whose file this data folder lacks (e.g. no Quora test file) is said on stderr and left out."""
+    whose file this data folder lacks (e.g. no Quora test file) is said on stderr and left out.
+    With ``data.dev_holdout`` a full dev set is its whole selection half (the report half is
+    ``report_evaluation``'s alone)."""
     model = load_checkpoint(checkpoint, device).model
     out = checkpoint / "predictions"
     out.mkdir(exist_ok=True)

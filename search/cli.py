@@ -62,7 +62,8 @@ def search_parser() -> argparse.ArgumentParser:
         "still the space file, or put -- before it",
     )
     p.add_argument("--smoke", action="store_true", help="shrink everything: the whole pipeline in about a minute")
-    p.add_argument("--profile", choices=("cpu", "gpu"), help="resource profile (default: gpu when one is visible)")
+    p.add_argument("--profile", metavar="NAME", help="resource profile: cpu, gpu, or another the space file names "
+                   "under tune.profiles (default: gpu when one is visible, else cpu)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object with the result on stdout; progress on stderr")
     p.add_argument("--address", help="Ray cluster to run on ('auto': the running one; default: $RAY_ADDRESS, "
                    "else a local Ray started here)")  # fmt: skip
@@ -400,14 +401,20 @@ def print_summary(summary: dict[str, Any]) -> None:
     for key, value in best["params"].items():
         print(f"  {key} = {value}")
     full = best["full_dev"]
-    print(f"{'task':14}{'metric':32}{'selection':>11}" + (f"{'full dev':>10}" if full else ""))
+    half = summary.get("report_half") or {}
+    report = half.get("report")
+    print(f"{'task':14}{'metric':32}{'selection':>11}" + (f"{'full dev':>10}" if full else "")
+          + (f"{'report half':>13}" if report else ""))  # fmt: skip
     for task, metric, key in TASK_ROWS:
         line = f"{task:14}{metric:32}{best['selection'].get(key, float('nan')):11.4f}"
-        print(line + (f"{full[key]:10.4f}" if full else ""))
+        print(line + (f"{full[key]:10.4f}" if full else "") + (f"{report[key]:13.4f}" if report else ""))
     subset = best["selection_dev_examples"]
+    whole = "the whole selection half of each dev set" if summary.get("dev_holdout") else "the whole dev sets"
     print(
         f"(selection: the evaluations ASHA and Optuna compared, on {subset or 'all'} dev examples per task"
-        + ("; full dev: the best checkpoint on the whole dev sets" if full else "")
+        + (f"; full dev: the best checkpoint on {whole}" if full else "")
+        + (f"; report half: {'/'.join(map(str, half['report_examples'].values()))} sst/para/sts dev rows held out "
+           f"by data.dev_holdout {summary['dev_holdout']:g}, scored once, after the final pick" if report else "")
         + ")"
     )
     print_final_pick(summary)

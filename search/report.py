@@ -30,7 +30,7 @@ from typing import Any
 from search.errors import SearchError, SpaceError
 from search.export import check_out_folder
 from search.launch import SEARCH_FILE, SUMMARY_FILE, Launch, saved_space
-from search.results import SearchResults, decoded, load_results
+from search.results import SearchResults, decoded, load_results, report_words
 
 INDEX = "index.html"
 # Every figure the report can hold, in page order: file stem and section title.
@@ -338,6 +338,9 @@ def header(search: Search) -> list[tuple[str, str]]:
         lines.append(("best trial", f"{_code(best.trial_id)}: {results.metric} {score} {on} at {at}{full}, {state}"))
         if results.rank_rule:
             lines.append(("order", _esc(results.rank_rule)))
+        report = report_words(results)
+        if report:
+            lines.append(("held out", _esc(report)))
     lines.append(("time", _esc(search_time(search))))
     settings = [launch.space_file] + [f"--set {k}={v}" for k, v in launch.overrides.items()]
     settings += [f"--profile {launch.profile}"] if launch.profile else []

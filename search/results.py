@@ -62,6 +62,9 @@ class SearchResults:
     finalists: list[dict[str, Any]] = field(default_factory=list)
     rank_rule: str | None = None  # how ``ranked`` orders the trials, in words (summary.json's)
     selection_dev_examples: int | None = None  # dev rows per task of the selection scores; None: all
+    # With data.dev_holdout: the best trial's scores on the report half of the dev sets (summary.json's
+    # "report_half": {trial_id, checkpoint, report, report_examples, dev_holdout}); None before the end
+    report_half: dict[str, Any] | None = None
 
     def by_selection(self) -> list[TrialRecord]:
         """Trials with a checkpoint, best first by their best result (on the selection subset)."""
@@ -129,6 +132,21 @@ def read_final_pick(results: SearchResults) -> None:
                          and checkpoints.get(f.get("trial_id")) == f.get("checkpoint")]  # fmt: skip
     results.rank_rule = summary.get("rank_rule")
     results.selection_dev_examples = summary.get("selection_dev_examples")
+    report = summary.get("report_half")
+    if isinstance(report, dict) and checkpoints.get(report.get("trial_id")) == report.get("checkpoint"):
+        results.report_half = report
+
+
+def report_words(results: SearchResults) -> str | None:
+    """The best trial's score on the report half of the dev sets, in a phrase; None without one."""
+    r = results.report_half
+    if not r or not isinstance(r.get("report"), dict):
+        return None
+    rows = "/".join(str(n) for n in (r.get("report_examples") or {}).values())
+    value = r["report"].get(results.metric)
+    score = "-" if value is None else f"{value:.4f}"
+    return (f"report half: {results.metric} {score} for trial {r['trial_id']} on {rows} sst/para/sts dev rows that "
+            f"data.dev_holdout {r.get('dev_holdout')} held out of every choice, scored once after the final pick")
 
 
 def error_message(text: str, max_lines: int = 3) -> str:

@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from search.lineage import short_text
-from search.results import SCORE_KEYS, SearchResults, decoded
+from search.results import SCORE_KEYS, SearchResults, decoded, report_words
 
 FORMATS = ("text", "csv", "markdown")
 NOTE_WIDTH = 72  # the text table's note column
@@ -79,7 +79,9 @@ def legend(results: SearchResults, full_dev: bool, space: Any = None) -> str:
     text = f"scores: the best evaluation's, on the selection subset ({subset})"
     if full_dev:
         text += f"; full_dev_{results.metric}: the best checkpoint on the full dev sets (the search's final pick)"
-    return text + (f"; order: {results.rank_rule}" if results.rank_rule else "; best first")
+    text += f"; order: {results.rank_rule}" if results.rank_rule else "; best first"
+    report = report_words(results)
+    return text + (f"\n{report}" if report else "")
 
 
 def note(trial: Any) -> str:

@@ -13,11 +13,18 @@ trial so; ``none`` keeps the selection order. ``summary.json`` holds:
     finalists     the trials scored on the full dev sets, best first there, each {trial_id,
                   checkpoint, selection_rank, selection, full_dev, full_dev_examples}
     final_top_k, rank_rule      how many were finalists, and the order of every trial in words
+    dev_holdout, report_half    with data.dev_holdout: the best checkpoint on the report half
+                  ({trial_id, checkpoint, dev_holdout, report, report_examples, report_seconds})
 
 ``search.results.SearchResults.ranked`` reads the finalists back, so ``export``, ``ensemble``,
 ``status`` and ``report`` put trials in this order. Each finalist's full-dev scores are kept in
 ``final-eval.json`` as soon as they are known: a search killed while it scores them is resumed
 without scoring those again.
+
+With ``data.dev_holdout`` every dev set is split in two (``mtbert.data.holdout``): the evaluations,
+the final pick and its "full dev sets" read only the selection half, and once the best trial is
+known its checkpoint is scored on the report half (``report_half`` in summary.json: an estimate that
+no choice of the search was made on).
 """
 
 from __future__ import annotations
@@ -78,6 +85,11 @@ def summarize(results: SearchResults, space: Any, *, final_eval: str | None = No
             "selection_rank": order.index(best) + 1, "full_dev": entry.get("full_dev"),
             "full_dev_examples": entry.get("full_dev_examples"),
         }  # fmt: skip
+    holdout = getattr(space.base.data, "dev_holdout", None)
+    summary["dev_holdout"], summary["report_half"] = holdout, None
+    if holdout and ranked:
+        summary["report_half"] = report_half(results, ranked[0], holdout, log)
+        results.report_half = summary["report_half"]
     # written whole or not at all: a search killed here leaves no half a summary (resume writes it)
     write_json(results.experiment / SUMMARY_FILE, summary)
     return summary
@@ -87,17 +99,18 @@ def final_pick(scored: list[TrialRecord], order: list[TrialRecord], results: Sea
                log: Any = print) -> list[dict[str, Any]]:  # fmt: skip
     """``scored`` (trials in selection order) scored on the full dev sets, best first there; a trial
     whose full-dev score is not a number goes after those with one, ties keep the selection order."""
-    kept = read_kept(results.experiment)
+    kept = read_kept(results.experiment, None)
     finalists = []
     for i, trial in enumerate(scored, 1):
         key = str(trial.checkpoint)
-        if key not in kept:
+        if "full_dev" not in kept.get(key, {}):
             log(f"scoring trial {trial.trial_id}'s best checkpoint on the full dev sets ({i} of {len(scored)})")
-            kept[key] = full_evaluation(trial.checkpoint, log)
+            kept[key] = {**kept.get(key, {}), **full_evaluation(trial.checkpoint, log)}
             write_json(results.experiment / FINAL_EVAL_FILE, kept)
         finalists.append({
             "trial_id": trial.trial_id, "checkpoint": key, "selection_rank": order.index(trial) + 1,
-            "selection": selection_scores(trial), **kept[key],
+            "selection": selection_scores(trial), "full_dev": kept[key]["full_dev"],
+            "full_dev_examples": kept[key].get("full_dev_examples"),
         })  # fmt: skip
     sign = -1 if results.mode == "max" else 1
 
@@ -106,6 +119,28 @@ def final_pick(scored: list[TrialRecord], order: list[TrialRecord], results: Sea
         return (0, sign * value, f["selection_rank"]) if is_score(value) else (1, 0, f["selection_rank"])
 
     return sorted(finalists, key=full_dev_first)
+
+
+def report_half(results: SearchResults, best: TrialRecord, holdout: float, log: Any = print) -> dict[str, Any]:
+    """The search's best checkpoint scored on the report half of the dev sets, the one time anything
+    reads it (``mtbert.data.holdout``): after every choice, the final pick's included, was made. Kept
+    in ``final-eval.json`` with the full-dev scores, so a resumed search does not score it again."""
+    from mtbert import load_config, resolve_device
+    from mtbert.model.pretrained import load_tokenizer
+    from mtbert.predict import report_evaluation
+    from mtbert.train.checkpoint import CONFIG_FILE, ENCODER_DIR
+
+    kept, key = read_kept(results.experiment, None), str(best.checkpoint)
+    entry = kept.get(key, {})
+    if "report" not in entry:
+        log(f"scoring trial {best.trial_id}'s best checkpoint on the report half of the dev sets")
+        config = load_config(best.checkpoint / CONFIG_FILE)
+        tokenizer = load_tokenizer(best.checkpoint / ENCODER_DIR)
+        entry = kept[key] = {**entry, **report_evaluation(best.checkpoint, config, tokenizer,
+                                                          resolve_device(config.train.device))}  # fmt: skip
+        write_json(results.experiment / FINAL_EVAL_FILE, kept)
+    return {"trial_id": best.trial_id, "checkpoint": key, "dev_holdout": holdout,
+            **{k: entry[k] for k in ("report", "report_examples", "report_seconds")}}  # fmt: skip
 
 
 def rank_rule(final_eval: str, top_k: int, metric: str, subset: int | None) -> str:
@@ -143,15 +178,17 @@ def dev_rows(predictions: Path) -> dict[str, int]:
     return rows
 
 
-def read_kept(experiment: Path) -> dict[str, Any]:
-    """The full-dev scores kept in ``final-eval.json``, by checkpoint (those whose checkpoint is gone dropped)."""
+def read_kept(experiment: Path, kind: str | None = "full_dev") -> dict[str, Any]:
+    """The scores kept in ``final-eval.json`` by checkpoint, each {full_dev, full_dev_examples} and,
+    for the best, {report, report_examples, report_seconds}: those that have ``kind`` (all: None),
+    of checkpoints that are still there."""
     try:
         kept = json.loads((experiment / FINAL_EVAL_FILE).read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(kept, dict):
         return {}
-    return {k: v for k, v in kept.items() if isinstance(v, dict) and "full_dev" in v and Path(k).is_dir()}
+    return {k: v for k, v in kept.items() if isinstance(v, dict) and (kind is None or kind in v) and Path(k).is_dir()}
 
 
 def checkpoint_metrics(trial: TrialRecord) -> dict[str, Any]:

@@ -6,6 +6,7 @@ checkpoints on the fixture course files, and a search and an ensemble made of th
 from __future__ import annotations
 
 import copy
+import csv
 import functools
 import json
 import os
@@ -385,3 +386,36 @@ def play_trials(searcher, space, score, n: int, max_t: int = MAX_T, stop_below_m
         proposed = searcher.optuna_trial(trial_id).user_attrs.get("proposed_by")
         out.append({"params": params, "values": values, "score": final, "proposed_by": proposed})
     return out
+
+
+# ---- dev files with planted labels (data.dev_holdout: nothing a run or search chooses reads the report half) ----
+
+LABEL_COLUMN = {"sst": "sentiment", "quora": "is_duplicate", "sts": "similarity"}
+DEV_ROWS = 300  # of each dev file in the planted data folders: enough rows for both halves, quick to tokenise
+
+
+def planted_dev(data_dir: Path, folder: Path, half: str) -> Path:
+    """A data folder with the course's training files and the first ``DEV_ROWS`` rows of each dev
+    file, the labels of the rows in ``half`` ("report", "selection" or "none") turned around: SST
+    4 - y, Quora 1 - y, STS 5 - y. Every turned label would change the evaluations that read it."""
+    from mtbert.data.course import TASK_FILES
+    from mtbert.data.holdout import in_report_half
+
+    folder.mkdir()
+    for path in data_dir.iterdir():
+        if path.is_file() and "-dev" not in path.name:
+            (folder / path.name).symlink_to(path)
+    for task in ("sst", "quora", "sts"):
+        name = TASK_FILES[task]["dev"]
+        with open(data_dir / name, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        header, body = rows[0], rows[1 : DEV_ROWS + 1]
+        col, top = header.index(LABEL_COLUMN[task]), {"sst": 4, "quora": 1, "sts": 5}[task]
+        for row in body:
+            in_report = in_report_half(row[header.index("id")], 0.5, 0)
+            if half != "none" and in_report == (half == "report"):
+                value = top - float(row[col])
+                row[col] = str(int(value)) if task == "sst" else str(value)
+        with open(folder / name, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f, delimiter="\t", lineterminator="\n").writerows([header, *body])
+    return folder

@@ -43,6 +43,10 @@ def optional_positive(v: int | None) -> str | None:
     return None if v is None or v > 0 else "must be > 0 or null"
 
 
+def optional_fraction(v: float | None) -> str | None:
+    return None if v is None or 0 < v < 1 else "must be a fraction in (0, 1), or null"
+
+
 def in_range(lo: float, hi: float, hi_open: bool = False) -> Callable[[float], str | None]:
     def rule(v: float) -> str | None:
         ok = lo <= v < hi if hi_open else lo <= v <= hi

@@ -29,6 +29,10 @@ RESUME_FIXED: dict[str, str] = {
     "data.extra_sst": _SAME_DATA,
     "data.max_length": _SAME_DATA + " (token lengths decide the length-bucketed batches)",
     "data.pair_separator": _SAME_DATA,
+    "data.dev_holdout": "the best step so far was chosen on the selection half it leaves; another split would "
+    "let the report half's rows into that choice",
+    "data.holdout_seed": "the best step so far was chosen on the selection half it picks; another split would "
+    "let the report half's rows into that choice",
     "train.seed": "the data subsets, the order of the task streams and the task schedule are drawn from it",
     # sampling: a schedule's own rates and counts may change (RESUME_CHANGEABLE); what a step is may not
     "sampling": "the task schedule goes on with the plan it was saved with",

@@ -14,6 +14,7 @@ from mtbert.config.fields import (
     known_features,
     non_negative,
     one_of,
+    optional_fraction,
     optional_positive,
     positive,
     positive_list,
@@ -47,6 +48,11 @@ class DataConfig:
     pair_separator: str | None = None  # e.g. "[unused36]" between the two sentences (paper 000)
     extra_sst: str | None = check(None, one_of(None, "polar", "mild"))  # CFIMDB as SST (paper 003)
     cache_dir: str | None = None  # tokenised files; default $XDG_CACHE_HOME or ~/.cache, then mtbert/tokens
+    # The share of every dev set held out as the report half (mtbert.data.holdout), chosen by a hash
+    # of each row's id with holdout_seed: evaluations and every choice made on them read only the
+    # other half; the report half is scored once, at the end. null: no half is held out.
+    dev_holdout: float | None = check(None, optional_fraction)
+    holdout_seed: int = 0
 
 
 @dataclass

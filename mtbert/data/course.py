@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -378,6 +378,11 @@ class TaskDataset(torch.utils.data.Dataset):
     def collate(self, items: Sequence[Item]) -> dict[str, Any]:
         return collate(items, self.encoded.pad_id)
 
+    def where(self, keep: Callable[[str], bool]) -> "TaskDataset":
+        """The examples whose id ``keep`` accepts, in file order (a dev half: ``mtbert.data.holdout``)."""
+        kept = [j for j in self.indices if keep(self.examples[j].id)]
+        return TaskDataset(self.examples, self.encoded, kept, self.malformed)
+
     def subset(self, max_examples: int | None, seed: int = 0) -> "TaskDataset":
         """At most ``max_examples`` examples, the same ones for the same seed, kept in file order."""
         if max_examples is None or max_examples >= len(self):
@@ -418,8 +423,10 @@ def load_task(
     cache_dir: str | os.PathLike | None = None,
     max_examples: int | None = None,
     seed: int = 0,
+    keep: Callable[[str], bool] | None = None,
 ) -> TaskDataset:
-    """Read, tokenise (through the cache) and cap one file; see ``mtbert.data.tokencache`` for the encodings."""
+    """Read, tokenise (through the cache) and cap one file, first keeping the rows whose id ``keep``
+    accepts (a dev half); see ``mtbert.data.tokencache`` for the encodings."""
     report = read_task(data_dir, task, split)
     examples = report.examples
     encoded = cached_encode(
@@ -432,7 +439,8 @@ def load_task(
         cache_dir=cache_dir,
         name=report.path.stem,
     )
-    return TaskDataset(examples, encoded, malformed=report.malformed).subset(max_examples, seed)
+    dataset = TaskDataset(examples, encoded, malformed=report.malformed)
+    return (dataset.where(keep) if keep else dataset).subset(max_examples, seed)
 
 
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -9,6 +9,7 @@ from typing import Any
 
 from mtbert.config.run import RunConfig
 from mtbert.data.course import MalformedRow, TaskDataset, cfimdb_as_sst, load_task, resolve_data_dir
+from mtbert.data.holdout import keep
 from mtbert.model.heads import head_class
 from mtbert.tasks import DATA_TASK, TASKS
 
@@ -31,20 +32,31 @@ def pair_encodings(config: RunConfig) -> dict[str, str]:
     return {t: head_class(t, getattr(config.heads, t).kind).encoding for t in TASKS}
 
 
+def dev_rows(config: RunConfig, split: str, half: str = "selection") -> Any:
+    """Which rows of a ``split`` file to keep: for dev with ``data.dev_holdout``, those of ``half``
+    (``mtbert.data.holdout``); else every row (None)."""
+    d = config.data
+    if split != "dev" or (not d.dev_holdout and half != "report"):
+        return None
+    return keep(half, d.dev_holdout, d.holdout_seed)
+
+
 def load_split(config: RunConfig, tokenizer: Any, task: str, split: str, max_examples: int | None = None,
-               data_dir: Path | None = None) -> TaskDataset:
-    """One task's file, tokenised the way its head reads it (through the on-disk cache)."""
+               data_dir: Path | None = None, half: str = "selection") -> TaskDataset:
+    """One task's file, tokenised the way its head reads it (through the on-disk cache). A dev set
+    with ``data.dev_holdout`` is its ``half``: the selection half unless asked otherwise."""
     d = config.data
     encoding = pair_encodings(config)[task]
     return load_task(
         data_dir or resolve_data_dir(d.dir), DATA_TASK[task], split, tokenizer, max_length=d.max_length,
         pair="siamese" if encoding == "siamese" else "concat", separator=d.pair_separator if task != "sst" else None,
-        cache_dir=d.cache_dir, max_examples=max_examples, seed=config.train.seed,
+        cache_dir=d.cache_dir, max_examples=max_examples, seed=config.train.seed, keep=dev_rows(config, split, half),
     )  # fmt: skip
 
 
 def prepare_data(config: RunConfig, tokenizer: Any) -> TaskData:
-    """Read, tokenise and cap the train and dev files of every task."""
+    """Read, tokenise and cap the train and dev files of every task (of the dev sets, the selection
+    half when ``data.dev_holdout`` holds a report half out)."""
     data_dir = resolve_data_dir(config.data.dir)
     d = config.data
     train = {t: load_split(config, tokenizer, t, "train", d.max_train_per_task, data_dir) for t in TASKS}
@@ -53,7 +65,7 @@ def prepare_data(config: RunConfig, tokenizer: Any) -> TaskData:
         return TaskData(train=train, dev=dev)
     # paper 003: CFIMDB reviews as extra SST training data, and its dev set scored by the sst head
     cfimdb = {split: load_task(data_dir, "cfimdb", split, tokenizer, max_length=d.max_length, cache_dir=d.cache_dir,
-                               max_examples=cap, seed=config.train.seed)
+                               max_examples=cap, seed=config.train.seed, keep=dev_rows(config, split))
               for split, cap in (("train", d.max_train_per_task), ("dev", d.max_eval_per_task))}  # fmt: skip
     extra = cfimdb["train"].select()
     train["sst"] = train["sst"] + TaskDataset(cfimdb_as_sst(extra.examples, d.extra_sst), extra.encoded, None,

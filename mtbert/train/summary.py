@@ -15,10 +15,12 @@ from mtbert.train.run import Run
 SELECTION_KEYS = ("sst_acc", "para_acc", "para_f1", "sts_pearson", "sts_spearman", "overall")
 
 
-def run_summary(run: Run, result: TrainResult, final: FinalEvaluation | None) -> dict[str, Any]:
-    """The summary of ``run``: ``final``'s full-dev metrics when given, else the selection's."""
+def run_summary(run: Run, result: TrainResult, final: FinalEvaluation | None,
+                report: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The summary of ``run``: ``final``'s full-dev metrics when given, else the selection's; with
+    ``report`` (``mtbert.predict.report_evaluation``), the best checkpoint's scores on the report half."""
     selection = {k: result.metrics[k] for k in SELECTION_KEYS}
-    data = run.data
+    data, data_config = run.data, run.config.data
     return {
         **(final.metrics if final else selection),  # the best checkpoint on the full dev sets (train.final_eval)
         "best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early,
@@ -34,6 +36,9 @@ def run_summary(run: Run, result: TrainResult, final: FinalEvaluation | None) ->
         "grad_conflict": grad_figures(result.history),
         "mlm": [dataclasses.asdict(m) for m in run.mlm],
         "merged": merged_serving(run),
+        # data.dev_holdout: the report half of the dev sets, read once, after the best step was chosen
+        "dev_holdout": data_config.dev_holdout, "holdout_seed": data_config.holdout_seed,
+        **(report or {"report": None, "report_examples": None}),
     }  # fmt: skip
 
 

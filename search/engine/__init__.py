@@ -16,6 +16,7 @@
     retrain.py       ``ensemble --retrain-seeds``: a grid of (trial, seed)
     cluster.py       a cluster config as ``ray up`` runs it (``mtbert-search cluster check``)
     trial_starts.py  when each trial started (benchmarks)
+    stock.py         the search a user wires from Ray's and Optuna's defaults (benchmarks/search_quality.py)
 
 Ray's private APIs are used only where Ray 2.60 has no public one, each behind one function that
 says why: ``session._start_local_ray``, ``session.set_progress_metrics``, ``searcher._internals``,
