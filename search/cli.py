@@ -7,6 +7,8 @@
     mtbert-search status DIR [--format text|csv|markdown]
     mtbert-search ensemble DIR [--top-k K] [--retrain-seeds S] --out OUT [--json]
     mtbert-search report DIR --out OUT
+    mtbert-search dashboard DIR [--port N]
+    mtbert-search sync DIR [--checkpoints]
     mtbert-search cluster check [CLUSTER.yaml]
 
 Exit codes: 0 done, 2 bad input (found before Ray starts or any folder is made; also a search
@@ -32,7 +34,7 @@ from search.errors import SearchError, SearchInterrupted, SpaceError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
-COMMANDS = ("resume", "export", "status", "ensemble", "report", "cluster")
+COMMANDS = ("resume", "export", "status", "ensemble", "report", "cluster", "dashboard", "sync")
 TASK_ROWS = (
     ("sst", "accuracy", "sst_acc"), ("para (Quora)", "accuracy", "para_acc"), ("para (Quora)", "F1", "para_f1"),
     ("sts", "Pearson r", "sts_pearson"), ("sts", "Spearman rho", "sts_spearman"),
@@ -47,7 +49,8 @@ def search_parser() -> argparse.ArgumentParser:
         epilog="Other commands: 'mtbert-search resume DIR', 'mtbert-search export DIR --out OUT [--top-k K]', "
         "'mtbert-search status DIR [--format text|csv|markdown]', "
         "'mtbert-search ensemble DIR [--top-k K] [--retrain-seeds S] --out OUT [--json]', "
-        "'mtbert-search report DIR --out OUT', 'mtbert-search cluster check [CLUSTER.yaml]'.",
+        "'mtbert-search report DIR --out OUT', 'mtbert-search cluster check [CLUSTER.yaml]', "
+        "'mtbert-search dashboard DIR [--port N]', 'mtbert-search sync DIR [--checkpoints]'. DIR may be a URI (s3://...).",
     )
     p.add_argument("space", nargs="?", help="search space YAML: a run config plus search: and tune: sections")
     p.add_argument(
@@ -79,7 +82,8 @@ def command_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("action", choices=("check",))
         p.add_argument("file", nargs="?", default="cluster.yaml", help="the cluster config (default cluster.yaml)")
         return p
-    p.add_argument("dir", help="a search folder: <tune.storage_path>/<tune.name>")
+    p.add_argument("dir", help="a search folder, <tune.storage_path>/<tune.name>: a local folder or a URI "
+                   "(s3://bucket/prefix/name)")  # fmt: skip
     if command == "resume":
         p.description = "Continue an interrupted search: unfinished and errored trials, the Optuna study, new trials."
         p.add_argument("--json", action="store_true", help="one JSON object with the result on stdout")
@@ -90,6 +94,15 @@ def command_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="folder to write rank-1 ... into")
     elif command == "ensemble":
         add_ensemble_arguments(p)
+    elif command == "dashboard":
+        p.description = ("Serve the search's Optuna study (tune.study_storage) with optuna-dashboard on 127.0.0.1 "
+                         "only, while the search runs or after; Ctrl-C stops it.")  # fmt: skip
+        p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080; 0: a free one)")
+    elif command == "sync":
+        p.description = ("Bring a search kept at a URI (s3://...) down to its working copy on this machine, "
+                         "TensorBoard's event files included, and print the folder: 'tensorboard --logdir' "
+                         "reads it there. Every other command does this itself; run it again to see newer results.")  # fmt: skip
+        p.add_argument("--checkpoints", action="store_true", help="the trials' kept checkpoints too")
     elif command == "report":
         p.description = ("Write a self-contained HTML report of a search to OUT/index.html: the trials' table, "
                          "learning curves, per-task scores, parameter importance, gradient conflict; "
@@ -136,7 +149,15 @@ def main(argv: list[str] | None = None) -> int:
             command = argv[0]
             args = command_parser(command).parse_args(argv[1:])
             mains = {"resume": resume_main, "export": export_main, "status": status_main, "ensemble": ensemble_main,
-                     "report": report_main, "cluster": cluster_main}  # fmt: skip
+                     "report": report_main, "cluster": cluster_main, "dashboard": dashboard_main,
+                     "sync": sync_main}  # fmt: skip
+            if command != "cluster":
+                from search import storage
+
+                try:  # a URI: its working copy here, brought up to date (search.storage)
+                    args.dir = str(storage.search_folder(args.dir, checkpoints=getattr(args, "checkpoints", False)))
+                except SearchError as e:
+                    return bad_input(e)
             return mains[command](args)
         args = parse_search_args(argv)
         args.argv = argv
@@ -158,15 +179,25 @@ def parse_search_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def named(experiment: Path) -> str:
+    """A search folder as a command takes it: a working copy by its URI (``search.storage``)."""
+    from search.launch import shown_folder
+
+    return shlex.quote(shown_folder(experiment))
+
+
 def watch_line(experiment: Path) -> str:
     """The line a user needs to follow a search while it runs."""
-    folder = shlex.quote(str(experiment))
+    folder = named(experiment)
+    if folder != shlex.quote(str(experiment)):  # at a URI: TensorBoard reads the working copy
+        return (f"watch it: mtbert-search sync {folder}, then tensorboard --logdir {shlex.quote(str(experiment))} "
+                f"(or: mtbert-search status {folder})")  # fmt: skip
     return f"watch it: tensorboard --logdir {folder} (or: mtbert-search status {folder})"
 
 
 def next_steps(experiment: Path) -> list[str]:
     """The commands that use a finished search, its folder filled in."""
-    folder, out = shlex.quote(str(experiment)), experiment / "export"
+    folder, out = named(experiment), experiment / "export"
     steps = [
         (f"mtbert-search export {folder} --top-k 3 --out {shlex.quote(str(out))}",
          "the best checkpoints, each with a model card"),
@@ -200,6 +231,8 @@ def search_main(args: argparse.Namespace) -> int:
         text = Path(args.space).read_text()
     except (SpaceError, ConfigError, DataError) as e:
         return bad_input(e)
+    from search import storage
+    from search.engine.study import check_storage as check_study_storage
     from search.launch import (
         Launch,
         check_address,
@@ -215,6 +248,9 @@ def search_main(args: argparse.Namespace) -> int:
     try:  # the data and the cluster too: found before Ray starts or a folder is made
         check_address(args.address)
         check_local_gpus(space, args.address)
+        if storage.is_uri(space.tune.storage_path):  # credentials, bucket, network: before any trial
+            storage.check_writable(space.tune.storage_path)
+        check_study_storage(space, log=lambda line: print(line, file=out))
         setup = search_setup(space)
         data = read_data(setup, log=lambda line: print(line, file=out, flush=True))
     except (SpaceError, ConfigError, DataError, SearchError) as e:
@@ -249,7 +285,7 @@ def argv_of(args: argparse.Namespace) -> list[str]:
 
 
 def resume_command(experiment: Path) -> str:
-    return f"mtbert-search resume {shlex.quote(str(experiment))}"
+    return f"mtbert-search resume {named(experiment)}"
 
 
 def report_main(args: argparse.Namespace) -> int:
@@ -260,6 +296,25 @@ def report_main(args: argparse.Namespace) -> int:
     except SearchError as e:
         return bad_input(e)
     print(page)
+    return 0
+
+
+def dashboard_main(args: argparse.Namespace) -> int:
+    from search.engine.study import serve_dashboard
+
+    try:
+        serve_dashboard(Path(args.dir).expanduser().resolve(), args.port, log=lambda line: print(line, flush=True))
+    except SearchError as e:
+        return bad_input(e)
+    return 0
+
+
+def sync_main(args: argparse.Namespace) -> int:
+    """The working copy is up to date (``main`` pulled it): where it is, and what reads it."""
+    folder = shlex.quote(args.dir)
+    print(args.dir)
+    print(f"tensorboard --logdir {folder}  # the trials' curves; run 'mtbert-search sync' again for newer ones",
+          file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -302,6 +357,8 @@ def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int
     the best trial; after Ctrl-C, how far it got and how to go on (exit 130)."""
     from mtbert import DataError
     from mtbert.evaluate import strict_json
+    from search import storage
+    from search.engine.trackers import log_final
     from search.results import load_results
     from search.summary import summarize
 
@@ -315,9 +372,13 @@ def run_and_report(run: Any, space: Any, as_json: bool, experiment: Path) -> int
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             results = load_results(run(log=log))
             summary = summarize(results, space, log=log)
+            log_final(Path(summary["experiment"]), summary, space, results, log=log)  # tune.trackers: MLflow, W&B
+            storage.push(experiment)  # at a URI: the summary and final scores too
     except (SearchError, DataError) as e:
         return bad_input(e)
     except KeyboardInterrupt as e:  # SearchInterrupted: stopped and saved; else stopped at once
+        with contextlib.suppress(SearchError):
+            storage.push(experiment)
         return report_interrupted(space, as_json, experiment, saved=isinstance(e, SearchInterrupted))
     if as_json:
         print(strict_json({**summary, "notes": list(space.notes)}))
@@ -413,8 +474,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(
         f"(selection: the evaluations ASHA and Optuna compared, on {subset or 'all'} dev examples per task"
         + (f"; full dev: the best checkpoint on {whole}" if full else "")
-        + (f"; report half: {'/'.join(map(str, half['report_examples'].values()))} sst/para/sts dev rows held out "
-           f"by data.dev_holdout {summary['dev_holdout']:g}, scored once, after the final pick" if report else "")
+        + (
+            f"; report half: {'/'.join(map(str, half['report_examples'].values()))} sst/para/sts dev rows held out "
+            f"by data.dev_holdout {summary['dev_holdout']:g}, scored once, after the final pick"
+            if report
+            else ""
+        )
         + ")"
     )
     print_final_pick(summary)

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from mtbert.ensemble import REPORT_FILE as ENSEMBLE_REPORT
+from search import storage
 from search.card import CARD_FILE, ensemble_card
 from search.engine.trainable import TrialSetup, fixed_settings
 from search.errors import SearchError, SpaceError
@@ -146,7 +147,7 @@ def _check_members(p: Plan) -> None:
     configs = {}
     for t in p.trials:
         try:
-            configs[t.trial_id] = check_checkpoint(t.checkpoint).config
+            configs[t.trial_id] = check_checkpoint(storage.fetch(t.checkpoint)).config
         except CheckpointError as e:
             raise SearchError(f"trial {t.trial_id}: {e}") from None
     for trial_id, config in configs.items():
@@ -195,7 +196,7 @@ def _trial_seed(trial: TrialRecord) -> int:
     from mtbert import load_config
     from mtbert.train.checkpoint import CONFIG_FILE
 
-    return load_config(trial.checkpoint / CONFIG_FILE).train.seed
+    return load_config(storage.fetch(trial.checkpoint) / CONFIG_FILE).train.seed
 
 
 # ---- the whole command ---------------------------------------------------------------------------
@@ -284,7 +285,7 @@ def predict_member(member: Member, experiment: Path, folder: Path) -> Outputs:
     from mtbert.data.prepare import load_split
     from mtbert.tasks import TASKS
 
-    loaded = load_checkpoint(member.checkpoint)
+    loaded = load_checkpoint(storage.fetch(member.checkpoint))
     model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
     device = resolve_device(config.train.device)
     model.to(device)

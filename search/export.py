@@ -32,6 +32,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from search import storage
 from search.card import write_card
 from search.engine.trainable import TRAINING_ITERATION
 from search.errors import SearchError
@@ -91,7 +92,7 @@ def checked_metrics(trial: TrialRecord) -> dict[str, Any]:
     from mtbert import CheckpointError, check_checkpoint
 
     try:
-        return check_checkpoint(trial.checkpoint).metrics
+        return check_checkpoint(storage.fetch(trial.checkpoint)).metrics
     except CheckpointError as e:
         raise SearchError(f"trial {trial.trial_id}: {e}") from None
 

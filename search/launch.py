@@ -8,6 +8,9 @@ Layout of a search's folder, ``<tune.storage_path>/<tune.name>``:
     summary.json                  the final pick and best trial, written when the search ends (``search.summary``)
     final-eval.json               the full-dev scores of the finalists scored so far (a resume does not redo them)
     asha-rungs.json               ASHA's rungs and decisions, for ``resume`` (``search.engine.rungs``)
+    study.db                      the Optuna study, written as trials report (SQLite; the default
+                                  tune.study_storage, ``search.engine.study``): optuna.load_study or
+                                  ``mtbert-search dashboard`` read it while the search runs
     search.lock                   while a command writes here: which one (``search.lock``)
     experiment_state-*.json, tuner.pkl, searcher-state-*.pkl, ...   Ray Tune's and Optuna's state
 
@@ -23,11 +26,13 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search import storage
 from search.engine.trainable import TrialSetup, fixed_settings, prepare_shared, space_signatures
 from search.errors import SearchError
 from search.lock import LOCK_FILE, LockHeld, SearchLock
@@ -53,6 +58,9 @@ class Launch:
     # the run config names Tune's CSV and JSON loggers itself (searches started by earlier versions
     # relied on Tune adding them, which a resume must then let it do: ``run_restored(tune_loggers=)``)
     explicit_loggers: bool = False
+    # tune.study_storage as resolved (``search.engine.study.resolve``): "sqlite" (study.db here), a URL,
+    # or None: no database (also every search started before the setting existed)
+    study_storage: str | None = None
 
     def save(self, experiment: Path, space_text: str) -> None:
         experiment.mkdir(parents=True, exist_ok=True)
@@ -72,28 +80,49 @@ class Launch:
 
 
 def experiment_dir(space: Any) -> Path:
-    return Path(space.tune.storage_path) / space.tune.name
+    return storage.folder_at(space.tune.storage_path, space.tune.name)
+
+
+def shown_folder(experiment: Path) -> str:
+    """A search folder as a user names it in a command: a working copy by its URI."""
+    uri = storage.remote_of(experiment)
+    return storage.shown(uri) if uri else str(experiment)
+
+
+def _holds_search(folder: Path) -> bool:
+    uri = storage.remote_of(folder)
+    if uri is not None:
+        return storage.holds_files(uri)
+    return folder.exists() and any(p.name != LOCK_FILE for p in folder.iterdir())
 
 
 def check_new(experiment: Path) -> None:
     """A new search must not write into an earlier one's folder (its own lock file aside)."""
-    if experiment.exists() and any(p.name != LOCK_FILE for p in experiment.iterdir()):
-        raise SearchError(f"{experiment} already holds a search; continue it with 'mtbert-search resume {experiment}', "
-                          "or choose another tune.name or tune.storage_path")  # fmt: skip
+    if _holds_search(experiment):
+        raise SearchError(f"{shown_folder(experiment)} already holds a search; continue it with 'mtbert-search resume "
+                          f"{shown_folder(experiment)}', or choose another tune.name or tune.storage_path")  # fmt: skip
 
 
 def free_name(space: Any) -> str | None:
     """A folder name for a new search next to an earlier one with the same name (``<name>-2``, ...),
     or None when ``tune.name`` is free: running a README command twice starts a second search
     instead of failing or mixing trials into the first one."""
-    storage, name = Path(space.tune.storage_path), space.tune.name
-    taken = storage / name
-    if not (taken.exists() and any(taken.iterdir())):
+    at, name = space.tune.storage_path, space.tune.name
+    if not _in_use(storage.folder_at(at, name)):
         return None
     k = 2
-    while (storage / f"{name}-{k}").exists():
+    while _in_use(storage.folder_at(at, f"{name}-{k}"), empty_too=True):
         k += 1
     return f"{name}-{k}"
+
+
+def _in_use(folder: Path, empty_too: bool = False) -> bool:
+    """Whether a search, or a command starting one (its lock), has the folder (a local folder that
+    exists at all, with ``empty_too``)."""
+    uri = storage.remote_of(folder)
+    if uri is None:
+        return folder.exists() and (empty_too or any(folder.iterdir()))
+    return (folder / LOCK_FILE).exists() or storage.holds_files(uri)
 
 
 def claim_folder(space: Any, command: str | None = None) -> SearchLock:
@@ -101,10 +130,10 @@ def claim_folder(space: Any, command: str | None = None) -> SearchLock:
     ``<name>-<k>`` (``free_name``) when that holds a search or another new search is taking it;
     ``space.tune.name`` is set to the folder's name. Two searches started at once with one name
     each get a folder of their own: whichever takes a folder's lock first owns it."""
-    storage = Path(space.tune.storage_path)
+    at = space.tune.storage_path
     while True:
         name = free_name(space) or space.tune.name
-        folder = storage / name
+        folder = storage.folder_at(at, name)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             lock = SearchLock.acquire(folder, command)
@@ -112,12 +141,16 @@ def claim_folder(space: Any, command: str | None = None) -> SearchLock:
             continue  # another search holds it; its lock file makes free_name skip the folder now
         except OSError as e:
             raise SearchError(f"cannot write the search's folder {folder} (tune.storage_path "
-                              f"{str(storage)!r}): {e.strerror or e}") from None  # fmt: skip
+                              f"{str(at)!r}): {e.strerror or e}") from None  # fmt: skip
         try:
             check_new(folder)  # a search that took the lock and wrote its files before we locked
         except SearchError:
             lock.release()
             continue
+        if storage.remote_of(folder) is not None:  # a working copy of a search deleted from the storage since
+            for stale in folder.iterdir():
+                if stale.name not in storage.LOCAL_ONLY:
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         space.tune = dataclasses.replace(space.tune, name=name)
         return lock
 
@@ -201,8 +234,14 @@ def run_search(space: Any, launch: Launch, space_text: str, setup: TrialSetup, d
         max_t(space),
     )
     launch.explicit_loggers = True
-    launch.save(experiment, space_text)
-    run_new(space, setup, data, experiment, address=address, log=log)
+    from search.engine.study import check_new_study
+
+    check_new_study(space.tune.study_storage, experiment)  # a study of this name in a shared database: refused
+    launch.study_storage = space.tune.study_storage
+    # saved once Ray has started and the storage has passed the checks a cluster needs (tuner.run_new)
+    run_new(
+        space, setup, data, experiment, address=address, log=log, before=lambda: launch.save(experiment, space_text)
+    )
     return experiment
 
 
@@ -223,8 +262,10 @@ def resume_search(experiment: Path, space: Any, launch: Launch, *, address: str 
         from search.engine.repair import repair_study
 
         repair_study(experiment, space, launch.max_t, log)  # a study cut short by a kill: rebuilt from the results
-    run_restored(experiment, space, setup, data, saved=saved, address=address,
-                 tune_loggers=not launch.explicit_loggers, log=log)
+        storage.push(experiment)  # what the repair changed, on the storage Tune restores from
+    run_restored(
+        experiment, space, setup, data, saved=saved, address=address, tune_loggers=not launch.explicit_loggers, log=log
+    )
     return experiment
 
 
@@ -234,11 +275,14 @@ def saved_space(experiment: str | Path) -> tuple[Any, Launch]:
     if not experiment.is_dir():
         raise SearchError(f"{experiment} is not a folder; give a search folder, <tune.storage_path>/<tune.name>")
     launch = Launch.read(experiment)
+    uri = storage.remote_of(experiment)
+    at, name = storage.parent_and_name(uri) if uri else (str(experiment.parent), experiment.name)
     # tune.warm_start's files and folders are read only if the search starts again (its searcher holds them)
     space = load_space(experiment / SPACE_COPY, launch.overrides or None, profile=launch.profile, smoke=launch.smoke,
                        read_warm_start=False)  # fmt: skip
-    # the copy's name is not the search's: the search is where it is now
-    space.tune = dataclasses.replace(space.tune, storage_path=str(experiment.parent), name=experiment.name)
-    space.notes = [f"results: {experiment};{n.split(';', 1)[1]}" if n.startswith("results: ") and ";" in n else n
+    # the copy's name is not the search's: the search is where it is now; its study is where it was kept
+    space.tune = dataclasses.replace(space.tune, storage_path=at, name=name,
+                                     study_storage=launch.study_storage)  # fmt: skip
+    space.notes = [f"results: {shown_folder(experiment)};{n.split(';', 1)[1]}" if n.startswith("results: ") and ";" in n else n
                    for n in space.notes]  # fmt: skip
     return space, launch

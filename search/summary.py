@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbert.evaluate import is_score, prediction_filename, strict_json
+from search import storage
 from search.engine.trainable import TRAINING_ITERATION
 from search.launch import SUMMARY_FILE
 from search.results import SCORE_KEYS, SearchResults, TrialRecord, decoded
@@ -134,6 +135,7 @@ def report_half(results: SearchResults, best: TrialRecord, holdout: float, log: 
     entry = kept.get(key, {})
     if "report" not in entry:
         log(f"scoring trial {best.trial_id}'s best checkpoint on the report half of the dev sets")
+        storage.fetch(best.checkpoint)
         config = load_config(best.checkpoint / CONFIG_FILE)
         tokenizer = load_tokenizer(best.checkpoint / ENCODER_DIR)
         entry = kept[key] = {**entry, **report_evaluation(best.checkpoint, config, tokenizer,
@@ -162,6 +164,7 @@ def full_evaluation(checkpoint: Path, log: Any = print) -> dict[str, Any]:
     from mtbert.model.pretrained import load_tokenizer
     from mtbert.train.checkpoint import CONFIG_FILE, ENCODER_DIR
 
+    checkpoint = storage.fetch(checkpoint)
     config = load_config(Path(checkpoint) / CONFIG_FILE)
     tokenizer = load_tokenizer(Path(checkpoint) / ENCODER_DIR)
     final = final_evaluation(Path(checkpoint), config, tokenizer, resolve_device(config.train.device))
@@ -188,13 +191,13 @@ def read_kept(experiment: Path, kind: str | None = "full_dev") -> dict[str, Any]
         return {}
     if not isinstance(kept, dict):
         return {}
-    return {k: v for k, v in kept.items() if isinstance(v, dict) and (kind is None or kind in v) and Path(k).is_dir()}
+    return {k: v for k, v in kept.items() if isinstance(v, dict) and (kind is None or kind in v) and storage.present(k)}
 
 
 def checkpoint_metrics(trial: TrialRecord) -> dict[str, Any]:
     from mtbert.train.checkpoint import METRICS_FILE
 
-    return json.loads((trial.checkpoint / METRICS_FILE).read_text())
+    return json.loads((storage.fetch(trial.checkpoint) / METRICS_FILE).read_text())
 
 
 def selection_scores(trial: TrialRecord) -> dict[str, float]:

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 # Tests never touch the network: the Hugging Face hub client stays offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,14 +150,43 @@ def smoke_search(data_dir, token_cache, tmp_path_factory):
     """One real search through the CLI (Ray, Optuna, ASHA, the tiny encoder on a few hundred real rows),
     shared by the modules that read what a search leaves behind (summary, study, status, export,
     report); none of them writes into its folder."""
-    from helpers import cli, write_space
+    from helpers import write_space
 
     tmp = tmp_path_factory.mktemp("search")
-    space = write_space(tmp, data_dir, token_cache)
-    out = cli(str(space), "--json")
+    space = write_space(tmp, data_dir, token_cache, top_k=None)  # the default final pick (test_e2e)
+    experiment = tmp / "results" / "e2e"
+    # its Optuna study (tune.study_storage's default, study.db) read with optuna.load_study while it runs
+    out, reads = search_reading_its_study(tmp, experiment, str(space), "--json")
     assert out.returncode == 0, out.stderr[-4000:]
-    return {"summary": json.loads(out.stdout), "stderr": out.stderr, "experiment": tmp / "results" / "e2e",
-            "tmp": tmp}  # fmt: skip
+    return {"summary": json.loads(out.stdout), "stderr": out.stderr, "experiment": experiment, "tmp": tmp,
+            "study_reads": reads}  # fmt: skip
+
+
+def search_reading_its_study(logs: Path, experiment: Path, *args: str) -> tuple[Any, list]:
+    """The CLI run with ``args``; while it runs, its SQLite study read with plain ``optuna.load_study``
+    about every half second. Returns its output and, per read, each trial's (state, intermediate values).
+    Reads before the database holds the study (it is being made) are skipped."""
+    import time
+
+    import optuna
+    import sqlalchemy.exc
+    from helpers import Search
+
+    search = Search(logs, *args)
+    reads: list[list[tuple[str, int]]] = []
+    database = experiment / "study.db"
+    while search.running():
+        time.sleep(0.5)
+        if not database.is_file():
+            continue  # not made yet (reading it now would make it)
+        try:
+            study = optuna.load_study(study_name=experiment.name, storage=f"sqlite:///{database}")
+            trials = study.get_trials(deepcopy=False)
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the writer is making its tables and study
+            continue
+        if search.running():
+            reads.append([(t.state.name, len(t.intermediate_values)) for t in trials])
+    return search.finish(timeout=1200), reads
 
 
 @pytest.fixture
@@ -226,3 +256,55 @@ def killed_search(data_dir, token_cache, tmp_path_factory):
                          capture_output=True, text=True, check=False, timeout=600, env=env)  # fmt: skip
     return {"experiment": experiment, "before": before, "done_before": done_before, "resumed": out,
             "rungs_at_kill": json.loads(at_kill.read_text()) if at_kill.is_file() else None}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """An S3-compatible server on 127.0.0.1 (moto's standalone server, a real HTTP server, started
+    here and stopped after the session) with a bucket ``mtbert``; this process and every process it
+    starts reach it through ``AWS_ENDPOINT_URL`` and test credentials. Working copies of searches
+    kept there go to a temporary ``MTBERT_SEARCH_CACHE``. Yields the endpoint."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from helpers import free_port
+
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        need(False, "moto[server] is not installed: pip install -e '.[dev]' -c constraints.txt")
+    port = free_port()
+    logs = tmp_path_factory.mktemp("s3-server") / "server.log"
+    with logs.open("w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+           "MTBERT_SEARCH_CACHE": str(tmp_path_factory.mktemp("working-copies"))}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the S3 server did not start: {logs.read_text()[-2000:]}")
+                time.sleep(0.2)
+        import pyarrow.fs
+
+        pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True).create_dir("mtbert")
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -59,16 +59,21 @@ DIAGNOSE = "grad: {diagnose_every: 4}\n"
 
 
 def write_space(tmp: Path, data_dir: Path, token_cache: Path, name: str = "e2e", search: str = SEARCH, *,
-                gpus: float | None = None, max_failures: int | None = None, **values) -> Path:  # fmt: skip
+                gpus: float | None = None, max_failures: int | None = None, storage: str | None = None,
+                shared: bool | None = None, top_k: int | None = 1, **values) -> Path:  # fmt: skip
     """``tmp/<name>.yaml``: the template with ``values`` (steps, num_samples, max_concurrent, grace,
-    final_eval, seed, batch, grad); ``gpus`` and ``max_failures`` set tune.gpus_per_trial and
-    tune.max_failures when given (else the profile's and the default)."""
+    final_eval, seed, batch, grad); ``gpus``, ``max_failures`` and ``shared`` set tune.gpus_per_trial,
+    tune.max_failures and tune.storage_shared when given (else the profile's and the default);
+    ``storage`` is tune.storage_path (default ``tmp/results``); ``top_k`` is tune.final_top_k (1: one
+    full-dev evaluation at the end, 4 s a search; None: the default, 3)."""
     fields = {"steps": 16, "num_samples": NUM_SAMPLES, "max_concurrent": 2, "grace": 1, "final_eval": "best",
               "seed": 0, "batch": 8, "grad": DIAGNOSE, **values}  # fmt: skip
-    extra = "".join(f"  {key}: {value}\n" for key, value in (("gpus_per_trial", gpus), ("max_failures", max_failures))
-                    if value is not None)  # fmt: skip
+    given = (("gpus_per_trial", gpus), ("max_failures", max_failures),
+             ("storage_shared", None if shared is None else str(shared).lower()), ("final_top_k", top_k))  # fmt: skip
+    extra = "".join(f"  {key}: {value}\n" for key, value in given if value is not None)
     path = tmp / f"{name}.yaml"
-    path.write_text(SPACE.format(data=data_dir, cache=token_cache, storage=tmp / "results", name=name, search=search,
+    path.write_text(SPACE.format(data=data_dir, cache=token_cache, storage=storage or tmp / "results", name=name,
+                                 search=search,
                                  extra=extra, **fields))  # fmt: skip
     return path
 
@@ -419,3 +424,12 @@ def planted_dev(data_dir: Path, folder: Path, half: str) -> Path:
         with open(folder / name, "w", newline="", encoding="utf-8") as f:
             csv.writer(f, delimiter="\t", lineterminator="\n").writerows([header, *body])
     return folder
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

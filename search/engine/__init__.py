@@ -4,13 +4,16 @@
     tuner.py         building, restoring and fitting the Tuner: the scheduler, the searcher, the callbacks
     trainable.py     the trainer as a Tune function trainable (the one caller of ``tune.report``)
     searcher.py      Optuna with early-stopped trials PRUNED, each trial's proposed_by; the saved study, importances
+    study.py         tune.study_storage: the study in a database (SQLite, PostgreSQL, a journal), checks, the dashboard
     samplers.py      tune.sampler: each kind's options from Optuna's signatures, checked; the sampler built
     warm_start.py    tune.warm_start in the study: an earlier search's trials added, the points enqueued
     schedulers.py    tune.scheduler: ASHA, HyperBand, FIFO, or PBT with each trial's lineage (``LineagePBT``)
     rungs.py         ASHA whose rungs, brackets and decisions survive ``resume`` (``ResumableASHA``)
-    repair.py        a saved Optuna study cut short by a kill, rebuilt from the trials' results before ``resume``
+    repair.py        a saved Optuna study cut short by a kill, rebuilt (or pointed at its database) before ``resume``
     retention.py     the checkpoint a saved state points at, kept until the next state is saved
     tensorboard.py   per-trial TensorBoard curves and HParams, fed by a Tune callback
+    trackers.py      tune.trackers: MLflow and W&B, a parent run per search and a child per trial (the callback)
+    tracker_runs.py  every mlflow and wandb call: the runs of a search
     interrupt.py     Ctrl-C: Tune's stop request, then ``SearchInterrupted``
     analysis.py      a search folder's trials as Tune saved them
     retrain.py       ``ensemble --retrain-seeds``: a grid of (trial, seed)

@@ -46,7 +46,10 @@ def read_trials(experiment: Path, metric: str, mode: str) -> list[TuneTrial]:
         name = trial.run_metadata.error_filename
         trials.append(TuneTrial(
             trial_id=trial.trial_id, status=trial.status, config=dict(trial.config), rows=rows,
-            checkpoint=Path(checkpoint.path) if checkpoint is not None else None, path=Path(trial.path),
+            # in its trial's folder: Ray re-roots a moved folder's checkpoint paths (a working copy of a
+            # search kept at a URI: search.storage) with the old root left in
+            checkpoint=Path(trial.path) / Path(checkpoint.path).name if checkpoint is not None else None,
+            path=Path(trial.path),
             error_file=str(Path(trial.path) / name) if name else None, failures=trial.run_metadata.num_failures,
             state=states.get(trial.trial_id),
         ))  # fmt: skip

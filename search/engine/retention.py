@@ -13,8 +13,9 @@ checkpoint the older kept copy is dropped: each running trial holds at most one 
 ``restore_kept`` puts a kept copy back under its own name when the original is missing (before a
 resume), ``drop_kept`` removes them all (when a search or resume has finished).
 
-Only a storage path on a local or mounted file system is covered; on cloud storage Tune's
-own behaviour applies.
+On a URI storage path (``s3://...``) the kept copy is a copy the storage makes itself (S3's
+server-side copy: nothing passes through this machine), and ``restore_kept`` and ``drop_kept`` work
+on the storage of a working copy (``search.storage``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+
+from search import storage
 
 PREFIX = ".kept-"
 
@@ -54,8 +57,13 @@ class KeepRestorable(Callback):
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         current = trial.checkpoint  # not yet replaced by ``checkpoint``: Tune registers it after the callbacks
-        folder = _local_dir(current) if current is not None else None
-        if folder is None or not folder.is_dir():
+        if current is None:
+            return
+        folder = _local_dir(current)
+        if folder is None:
+            _keep_on_storage(current.filesystem, current.path)
+            return
+        if not folder.is_dir():
             return
         keep = folder.parent / f"{PREFIX}{folder.name}"
         for old in folder.parent.glob(f"{PREFIX}*"):
@@ -65,6 +73,27 @@ class KeepRestorable(Callback):
             link_tree(folder, keep)
 
 
+def _keep_on_storage(fs: Any, path: str) -> None:
+    parent, _, name = path.rstrip("/").rpartition("/")
+    keep = f"{parent}/{PREFIX}{name}"
+    for old in storage.folders(fs, parent):
+        if old.startswith(PREFIX) and old != f"{PREFIX}{name}":
+            storage.delete_folder(fs, f"{parent}/{old}")
+    if f"{PREFIX}{name}" not in storage.folders(fs, parent):
+        storage.copy_folder(fs, path, keep)
+
+
+def _on_storage(experiment: Path) -> tuple[Any, str, list[tuple[str, str]]] | None:
+    """For a working copy: its storage's filesystem, path, and (trial folder, kept copy) pairs there."""
+    uri = storage.remote_of(experiment)
+    if uri is None:
+        return None
+    fs, root = storage.open_uri(uri)
+    pairs = [(trial, kept) for trial in storage.folders(fs, root) if trial.startswith("trial_")
+             for kept in storage.folders(fs, f"{root}/{trial}") if kept.startswith(PREFIX)]  # fmt: skip
+    return fs, root, pairs
+
+
 def kept_copies(experiment: Path) -> list[Path]:
     return sorted(Path(experiment).glob(f"*/{PREFIX}*"))
 
@@ -72,7 +101,17 @@ def kept_copies(experiment: Path) -> list[Path]:
 def restore_kept(experiment: Path) -> list[Path]:
     """Put each kept copy whose checkpoint is missing back under its name; drop the others.
     Returns the checkpoints put back."""
-    restored = []
+    restored: list[Path] = []
+    remote = _on_storage(experiment)
+    if remote is not None:
+        fs, root, pairs = remote
+        for trial, kept in pairs:
+            original = kept.removeprefix(PREFIX)
+            if original not in storage.folders(fs, f"{root}/{trial}"):
+                storage.copy_folder(fs, f"{root}/{trial}/{kept}", f"{root}/{trial}/{original}")
+                restored.append(experiment / trial / original)
+            storage.delete_folder(fs, f"{root}/{trial}/{kept}")
+        return restored
     for keep in kept_copies(experiment):
         original = keep.parent / keep.name.removeprefix(PREFIX)
         if original.exists():
@@ -84,5 +123,10 @@ def restore_kept(experiment: Path) -> list[Path]:
 
 
 def drop_kept(experiment: Path) -> None:
+    remote = _on_storage(experiment)
+    if remote is not None:
+        fs, root, pairs = remote
+        for trial, kept in pairs:
+            storage.delete_folder(fs, f"{root}/{trial}/{kept}")
     for keep in kept_copies(experiment):
         shutil.rmtree(keep, ignore_errors=True)

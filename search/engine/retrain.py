@@ -62,7 +62,7 @@ def retrain_grid(setup: TrialSetup, params: dict[str, dict], seeds: dict[str, in
                 param_space={"search_trial": tune.grid_search(list(params)), "seed_offset": tune.grid_search(offsets)},
                 tune_config=tune.TuneConfig(max_concurrent_trials=t.max_concurrent, reuse_actors=True,
                                             trial_dirname_creator=trial_dirname),
-                run_config=run_config(space, folder.name, folder.parent),
+                run_config=run_config(space, folder.name, folder.parent, tracked=False),  # no MLflow/W&B runs
             )  # fmt: skip
         grid = tuner.fit()
     drop_kept(folder)

@@ -9,9 +9,15 @@ The searcher of a new search (``new_searcher``) uses the sampler ``tune.sampler`
 (``search.engine.samplers``) and starts from ``tune.warm_start`` (``search.engine.warm_start``);
 every trial it proposes records how, as the Optuna user attribute ``proposed_by``.
 
-Also here: reading the study a search saved (``saved_study``, ``optuna_states``, ``proposals``) and
-Optuna's parameter importances over it (``param_importances``), so no module outside
-``search.engine`` handles Optuna objects.
+With a database (``tune.study_storage``, ``search.engine.study``) the study is written there as
+trials report, each Optuna trial holding its Tune trial id (``tune_trial_id``); the searcher's saved
+state then holds where the study is (a ``StudyRef``), not the study. A restored searcher takes from
+the database which trials there are, which have ended and how far each got: the database is written
+as trials report, the saved state only now and then.
+
+Also here: reading the study a search saved (``saved_study``, ``optuna_states``, ``proposals``: from
+its database when it has one, else from the searcher's saved state) and Optuna's parameter
+importances over it (``param_importances``), so no module outside ``search.engine`` handles Optuna objects.
 """
 
 from __future__ import annotations
@@ -24,12 +30,25 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.pruners import NopPruner
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search import storage
 from search.engine.samplers import build_sampler, proposal
+from search.engine.study import (
+    DEFAULT,
+    FOLDER_ATTR,
+    TUNE_TRIAL_ID,
+    StudyRef,
+    existing_study,
+    folder_ref,
+    load_folder_study,
+    tune_trial_ids,
+)
 from search.engine.trainable import COMPLETE_KEY, STOP_KEY, TRAINING_ITERATION
 from search.engine.warm_start import PROPOSED_BY, start_from
+from search.errors import SearchError
 from search.space.sampler import sampler_options
 
 MIN_IMPORTANCE_TRIALS = 5
@@ -45,7 +64,10 @@ class _Internals:
 def _internals(searcher: OptunaSearch) -> _Internals:
     """The Optuna trials, study and completed set inside Ray's ``OptunaSearch``. Ray 2.60 keeps them in
     ``_ot_trials``, ``_ot_study`` and ``_completed_trials`` and offers no public accessor: telling
-    Optuna a trial is PRUNED needs the Optuna trial Ray asked for, and reading states the study."""
+    Optuna a trial is PRUNED needs the Optuna trial Ray asked for, and reading states the study. A
+    searcher restored from its saved state opens its database study here, at first use."""
+    if isinstance(searcher, PruningOptunaSearch):
+        searcher.open_study()
     return _Internals(searcher._ot_trials, searcher._ot_study, searcher._completed_trials)
 
 
@@ -65,8 +87,14 @@ class PruningOptunaSearch(OptunaSearch):
     """
 
     def __init__(self, *args: Any, max_t: int | None = None, sampler_kind: str | None = None,
-                 sampler_options: dict[str, Any] | None = None, **kwargs: Any):  # fmt: skip
+                 sampler_options: dict[str, Any] | None = None, study: StudyRef | None = None,
+                 **kwargs: Any):  # fmt: skip
+        if study is not None:  # Ray creates the study there, or loads it if it exists
+            kwargs.update(storage=study.storage(), study_name=study.name)
         super().__init__(*args, **kwargs)
+        self._study_ref = study
+        if study is not None and self._ot_study is not None:
+            self._ot_study.set_user_attr(FOLDER_ATTR, study.folder)
         self._max_t = max_t
         # the tune.sampler kind and options the sampler was built with: how each trial was proposed
         self._sampler_kind, self._sampler_options = sampler_kind, dict(sampler_options or {})
@@ -81,6 +109,8 @@ class PruningOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         inside = _internals(self)
         kind = self.__dict__.get("_sampler_kind")  # absent from the state of searchers saved before
+        if new and trial_id in inside.trials:
+            inside.trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
         if new and kind and trial_id in inside.trials:
             trial = inside.trials[trial_id]
             if PROPOSED_BY not in trial.user_attrs:
@@ -141,6 +171,45 @@ class PruningOptunaSearch(OptunaSearch):
     def study(self) -> Any:
         return _internals(self).study
 
+    def study_ref(self) -> StudyRef | None:
+        """Where the study is kept (None: in this searcher's state; searchers saved before had none)."""
+        return self.__dict__.get("_study_ref")
+
+    def point_at(self, ref: StudyRef) -> None:
+        """Keep the study at ``ref`` from now on (a search folder moved with its study.db)."""
+        self._study_ref, self._ot_study = ref, None
+
+    def open_study(self) -> None:
+        """Open the database study of a searcher restored from its saved state (nothing to do for one
+        kept in memory, or opened already). The database, not the saved state, says which trials there
+        are: the state is saved now and then, the database as each trial reports, so trials proposed or
+        told after the state was last saved are known here (and not proposed or recorded twice)."""
+        ref = self.study_ref()
+        if ref is None or self._ot_study is not None:
+            return
+        self._storage = ref.storage()
+        study = optuna.load_study(study_name=ref.name, storage=self._storage, sampler=self._sampler, pruner=NopPruner())
+        recorded = tune_trial_ids(study)
+        # a finished trial is never asked or told again: its FrozenTrial (which knows its number) stands for it
+        self._ot_trials = {tid: t if t.state.is_finished() else optuna.Trial(study, t._trial_id)
+                           for tid, t in recorded.items()}  # fmt: skip
+        self._completed_trials = {tid for tid, t in recorded.items() if t.state.is_finished()}
+        self._reported = {tid: max(t.intermediate_values) for tid, t in recorded.items() if t.intermediate_values}
+        self._ot_study = study
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if state.get("_study_ref") is not None:  # where the study is, not a connection to it
+            state.update(_ot_study=None, _storage=None, _ot_trials={})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # a database study is opened at first use (open_study)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:  # Ray's own save pickles the study, its connection and all
+            pickle.dump(self.__getstate__(), f)
+
     def optuna_trial(self, trial_id: str) -> Any:
         """The Optuna trial (a FrozenTrial) behind a Tune trial id, or None."""
         inside = _internals(self)
@@ -153,14 +222,33 @@ class PruningOptunaSearch(OptunaSearch):
 def new_searcher(space: Any, metric: str, mode: str, max_t: int, log: Any = print) -> PruningOptunaSearch:
     """The searcher of a new search over ``space``: the sampler ``tune.sampler`` asks for (the default
     TPE, ``search.space.sampler``), its study holding what ``tune.warm_start`` names (the earlier
-    searches' trials, then the points, queued: ``search.engine.warm_start``)."""
+    searches' trials, then the points, queued: ``search.engine.warm_start``), kept where
+    ``tune.study_storage`` says (as the search folder's ``search.json`` records it)."""
     t = space.tune
     kind, options = sampler_options(t.sampler, t.num_samples, t.seed)
+    # the storage the search folder's launch record names (``search.launch``): a searcher built for no
+    # search folder (a benchmark's, a test's) keeps its study in memory
+    ref = folder_ref(storage.folder_at(t.storage_path, t.name))
+    if ref is not None:
+        _clear_restarted(ref)
     searcher = PruningOptunaSearch(space=space.define_by_run, metric=metric, mode=mode,
                                    sampler=build_sampler(kind, options), max_t=max_t, sampler_kind=kind,
-                                   sampler_options=options)  # fmt: skip
+                                   sampler_options=options, study=ref)  # fmt: skip
     start_from(searcher.study(), space, saved_study, log)
     return searcher
+
+
+def _clear_restarted(ref: StudyRef) -> None:
+    """A search that starts again from the beginning in its folder (Tune saved nothing of its first
+    start) starts a new study: the one its first start left is deleted. A study of that name from
+    another folder is not touched (``search.launch`` refuses a new search whose name is taken)."""
+    attrs = existing_study(ref)
+    if attrs is None:
+        return
+    if ref.setting != DEFAULT and attrs.get(FOLDER_ATTR) != ref.folder:
+        raise SearchError(f"tune.study_storage {ref.shown()} already holds a study named {ref.name!r}, of the search "
+                          f"in {attrs.get(FOLDER_ATTR, 'an unknown folder')}")  # fmt: skip
+    optuna.delete_study(study_name=ref.name, storage=ref.storage())
 
 
 def load_searcher(experiment: str | Path) -> PruningOptunaSearch | None:
@@ -175,15 +263,35 @@ def load_searcher(experiment: str | Path) -> PruningOptunaSearch | None:
 
 
 def saved_study(experiment: str | Path) -> Any:
-    """The Optuna study a search folder holds (None before the searcher's state is first saved)."""
-    searcher = load_searcher(experiment)
+    """The Optuna study of a search folder: from its database, else from the searcher's saved state
+    (None before that is first saved)."""
+    study = load_folder_study(experiment)
+    if study is not None:
+        return study
+    searcher = _memory_searcher(experiment)
     return searcher.study() if searcher is not None else None
+
+
+def _memory_searcher(experiment: str | Path) -> PruningOptunaSearch | None:
+    """The saved searcher of a folder whose study is in that state (None for one whose study is in a
+    database that could not be read: reading is not retried through it)."""
+    searcher = load_searcher(experiment)
+    return searcher if searcher is not None and searcher.study_ref() is None else None
+
+
+def _recorded(experiment: str | Path) -> dict[str, Any] | None:
+    """``{Tune trial id: FrozenTrial}`` of the study in the folder's database, None without one."""
+    study = load_folder_study(experiment)
+    return tune_trial_ids(study) if study is not None else None
 
 
 def proposals(experiment: str | Path) -> dict[str, str]:
     """``{Tune trial id: how Optuna proposed it}`` (the ``proposed_by`` user attribute: ``warm start``,
     ``startup (random)``, ``tpe``, ...) of the trials the saved study knows; empty when none is saved."""
-    searcher = load_searcher(experiment)
+    recorded = _recorded(experiment)
+    if recorded is not None:
+        return {tid: str(t.user_attrs[PROPOSED_BY]) for tid, t in recorded.items() if PROPOSED_BY in t.user_attrs}
+    searcher = _memory_searcher(experiment)
     if searcher is None:
         return {}
     found = {}
@@ -197,7 +305,10 @@ def proposals(experiment: str | Path) -> dict[str, str]:
 def optuna_states(experiment: str | Path) -> dict[str, str | None] | None:
     """``{Tune trial id: Optuna state name}`` (COMPLETE, PRUNED, FAIL, RUNNING) of every trial the saved
     study knows, None when no study is saved."""
-    searcher = load_searcher(experiment)
+    recorded = _recorded(experiment)
+    if recorded is not None:
+        return {tid: t.state.name for tid, t in recorded.items()}
+    searcher = _memory_searcher(experiment)
     if searcher is None:
         return None
     states = {}

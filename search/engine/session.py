@@ -88,6 +88,9 @@ def set_progress_metrics(trainable: Any, metrics: tuple[str, ...]) -> None:
     trainable._progress_metrics = metrics
 
 
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
 def connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray; returns whether
     this process started Ray (and so shuts it down)."""
@@ -102,6 +105,9 @@ def connect(address: str | None) -> bool:
     # while they wait for work then starve the thread they wait for. Measured on a busy 2-core
     # machine, a 2-thread step of the tiny encoder took 2.5 s spinning and 0.03 s passive.
     env = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+    # The S3-compatible server a URI tune.storage_path names (MinIO, ...), for trials on every node;
+    # credentials are not sent: each node has its own (an instance profile, its environment)
+    env["env_vars"].update({k: os.environ[k] for k in ENDPOINT_VARIABLES if os.environ.get(k)})
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
@@ -139,3 +145,8 @@ def ray_session(address: str | None, tune_loggers: bool = False) -> Iterator[Non
             os.environ.pop(AUTO_LOGGERS, None)
         else:
             os.environ[AUTO_LOGGERS] = saved
+
+
+def alive_nodes() -> int:
+    """The nodes of the Ray cluster this process is connected to that are alive."""
+    return sum(1 for node in ray.nodes() if node.get("Alive"))

@@ -36,14 +36,12 @@ def run_stock(space: Any, setup: TrialSetup, data: dict[str, Any], experiment: P
                 num_samples=t.num_samples, time_budget_s=t.time_budget_s,
                 reuse_actors=True, trial_dirname_creator=trial_dirname,
             ),
-            run_config=run_config(space, experiment.name, experiment.parent),
+            run_config=run_config(space, experiment.name, experiment.parent, tracked=False),
         )  # fmt: skip
         grid = tuner.fit()
     best = grid.get_best_result(t.metric, t.mode, scope="all")
     checkpoint = best.get_best_checkpoint(t.metric, t.mode)
-    scores = max(
-        (m for _, m in best.best_checkpoints), key=lambda m: m[t.metric] if t.mode == "max" else -m[t.metric]
-    )
+    scores = max((m for _, m in best.best_checkpoints), key=lambda m: m[t.metric] if t.mode == "max" else -m[t.metric])
     complete = sum(1 for r in grid if r.metrics and r.metrics.get(COMPLETE_KEY))
     return {
         "checkpoint": Path(checkpoint.path), "trial_id": best.metrics.get("trial_id"),

@@ -47,6 +47,39 @@ def tag_for(key: str) -> str:
     return f"other/{key}"
 
 
+def scalars(result: dict[str, Any]) -> dict[str, float]:
+    """A result's numbers under their tags: Tune's own keys, the step (the x axis), wall-clock
+    timestamps (``*_at``) and flags left out. What every tracker logs of an evaluation."""
+    return {tag_for(k): float(v) for k, v in result.items()
+            if k not in TUNE_KEYS and k != STEP_KEY and not k.endswith("_at")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+
+
+def trial_settings(space: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's settings under their dotted keys with their real values (its raw Tune config when
+    the space cannot decode it: the retraining grid's); the rule of ``search.results.decoded``."""
+    try:
+        return space.decode(config)
+    except (ValueError, KeyError):
+        return dict(config)
+
+
+def pbt_mutated(space: Any) -> set[str]:
+    """The settings PBT mutates (none under other schedulers)."""
+    s = getattr(space.tune, "scheduler", None)
+    return set(s.mutations or ()) if s is not None and s.kind == "pbt" else set()
+
+
+def pbt_values(space: Any, config: dict[str, Any]) -> dict[str, float]:
+    """Under PBT (``tune.scheduler: pbt``), the values a trial trains with now: ``pbt/<dotted key>``
+    for each mutated setting, so the schedule PBT found shows as curves; empty under other schedulers."""
+    mutated = pbt_mutated(space)
+    if not mutated:
+        return {}
+    return {f"pbt/{k}": float(v) for k, v in trial_settings(space, config).items()
+            if k in mutated and isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+
+
 def hparam_value(value: Any) -> bool | int | float | str:
     # The HParams plugin takes numbers, booleans and strings; a list (hidden sizes) shows as text.
     if isinstance(value, (bool, int, float, str)):
@@ -72,13 +105,9 @@ class TrialBoard:
     def log(self, metrics: dict[str, Any]) -> dict[str, float]:
         """Write one evaluation's numbers at its global step; returns ``{tag: value}`` written."""
         step = int(metrics.get(STEP_KEY, 0))
-        written = {}
-        for key, value in metrics.items():
-            if key == STEP_KEY or key.endswith("_at") or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue  # the x axis, wall-clock timestamps, flags
-            tag = tag_for(key)
-            self.writer.add_scalar(tag, float(value), global_step=step)
-            written[tag] = float(value)
+        written = scalars(metrics)
+        for tag, value in written.items():
+            self.writer.add_scalar(tag, value, global_step=step)
         self.writer.flush()
         return written
 
@@ -114,11 +143,6 @@ class TensorBoardCallback(LoggerCallback):
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the run config
         return {"_space": self._space, "_metric": self._metric, "_boards": {}}
 
-    def _mutated(self) -> set[str]:
-        """The settings PBT mutates (none under other schedulers)."""
-        s = getattr(self._space.tune, "scheduler", None)
-        return set(s.mutations or ()) if s is not None and s.kind == "pbt" else set()
-
     def _pbt_start(self, trial: Any) -> None:
         """The exploits in the trial's lineage not yet written, as text at the step each went on
         from (``pbt/exploit``): a trial is started again after each exploit."""
@@ -135,26 +159,17 @@ class TensorBoardCallback(LoggerCallback):
         if trial.trial_id in self._boards:
             self._boards.pop(trial.trial_id).close()
         directory = trial.path if trial.storage.storage_filesystem.type_name == "local" else trial.local_path
-        try:
-            hparams = self._space.decode(trial.config)
-        except ValueError:
-            hparams = dict(trial.config)
-        self._boards[trial.trial_id] = TrialBoard(directory, hparams, self._metric)
-        if self._mutated():
+        self._boards[trial.trial_id] = TrialBoard(directory, trial_settings(self._space, trial.config), self._metric)
+        if pbt_mutated(self._space):
             self._pbt_start(trial)
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         if trial.trial_id not in self._boards:
             self.log_trial_start(trial)
-        self._boards[trial.trial_id].log({k: v for k, v in result.items() if k not in TUNE_KEYS})
-        mutated = self._mutated()
-        if mutated:  # PBT: the values the trial runs with now, so the schedule it followed shows as curves
-            try:
-                values = self._space.decode(trial.config)
-            except ValueError:
-                values = {}
-            self._boards[trial.trial_id].log_values({f"pbt/{k}": v for k, v in values.items() if k in mutated},
-                                                    int(result.get(STEP_KEY, 0)))  # fmt: skip
+        self._boards[trial.trial_id].log(result)
+        values = pbt_values(self._space, trial.config)  # PBT: the values the trial runs with now
+        if values:
+            self._boards[trial.trial_id].log_values(values, int(result.get(STEP_KEY, 0)))
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         board = self._boards.pop(trial.trial_id, None)

@@ -9,8 +9,7 @@ Ray session with Ctrl-C handled (``interrupt``).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,17 @@ from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
+from search import storage
 from search.engine.interrupt import fit, stop_on_sigint
 from search.engine.retention import KeepRestorable, drop_kept, restore_kept
 from search.engine.rungs import forget
 from search.engine.schedulers import build_scheduler
 from search.engine.searcher import new_searcher
-from search.engine.session import ray_session, set_progress_metrics
+from search.engine.session import alive_nodes, ray_session, set_progress_metrics
 from search.engine.tensorboard import TensorBoardCallback
+from search.engine.trackers import TrackersCallback
 from search.engine.trainable import TrialSetup, run_trial, share
+from search.space.trackers import kinds
 
 # The columns of Tune's progress table.
 PROGRESS_METRICS = ("overall", "sst_acc", "para_acc", "sts_pearson", "step", "train_samples_per_s")
@@ -41,8 +43,8 @@ def max_t(space: Any) -> int:
 
 
 def can_restore(folder: str | Path) -> bool:
-    """Whether ``folder`` holds a Tune run that ``Tuner.restore`` can continue."""
-    return tune.Tuner.can_restore(str(folder))
+    """Whether ``folder`` (or the storage of a working copy) holds a Tune run that ``Tuner.restore`` can continue."""
+    return tune.Tuner.can_restore(storage.tune_path(folder))
 
 
 def build_trainable(setup: TrialSetup, refs: dict[str, Any], fn: Any = run_trial, **kwargs: Any) -> Any:
@@ -55,9 +57,10 @@ def build_trainable(setup: TrialSetup, refs: dict[str, Any], fn: Any = run_trial
     return trainable
 
 
-def run_config(space: Any, name: str, storage_path: str | Path, callbacks: tuple = ()) -> Any:
+def run_config(space: Any, name: str, storage_path: str | Path, callbacks: tuple = (), *, tracked: bool = True) -> Any:
     """Tune's RunConfig for the trials of ``space``: checkpoints kept by the search metric (and the
-    one a resume needs, ``KeepRestorable``), retries, TensorBoard."""
+    one a resume needs, ``KeepRestorable``), retries, TensorBoard; MLflow and W&B runs unless not
+    ``tracked`` (the retraining grid: no search of its own to log)."""
     t = space.tune
     return tune.RunConfig(
         name=name, storage_path=str(storage_path), verbose=1,
@@ -66,10 +69,43 @@ def run_config(space: Any, name: str, storage_path: str | Path, callbacks: tuple
         ),
         failure_config=tune.FailureConfig(max_failures=t.max_failures),
         # Tune's automatic loggers are off (session.ray_session): the CSV and JSON ones the results
-        # are read from are named here, and TensorBoard is the search's own
-        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TensorBoardCallback(space, t.metric), KeepRestorable(),
-                   *callbacks],
+        # are read from are named here; TensorBoard, MLflow and W&B are the search's own (tune.trackers)
+        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), *tracker_callbacks(space, tracked), KeepRestorable(),
+                   PushOwnFiles(space), *callbacks],
     )  # fmt: skip
+
+
+class PushOwnFiles(tune.Callback):
+    """With a URI ``tune.storage_path``: the files the search writes itself in its working copy (the
+    study database, ASHA's rungs, ...) sent to the storage every ``PERIOD_S`` and at the end
+    (``search.storage.push``), as Tune sends its own."""
+
+    PERIOD_S = 30.0
+
+    def __init__(self, space: Any):
+        t = space.tune
+        self.folder = storage.folder_at(t.storage_path, t.name) if storage.is_uri(t.storage_path) else None
+        self.last = time.monotonic()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.folder is not None and time.monotonic() - self.last >= self.PERIOD_S:
+            storage.push(self.folder)
+            self.last = time.monotonic()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.folder is not None:
+            storage.push(self.folder)
+
+
+def tracker_callbacks(space: Any, tracked: bool = True) -> list[Any]:
+    """The callbacks of ``tune.trackers``: TensorBoard's (the default), and one for MLflow and W&B
+    (if ``tracked``)."""
+    t = space.tune
+    named = kinds(getattr(t, "trackers", None))
+    found = [TensorBoardCallback(space, t.metric)] if "tensorboard" in named else []
+    if tracked and set(named) - {"tensorboard"}:
+        found.append(TrackersCallback(space, t.metric, t.trackers))
+    return found
 
 
 def restore_tuner(experiment: Path, trainable: Any, log: Any = print) -> Any:
@@ -78,7 +114,8 @@ def restore_tuner(experiment: Path, trainable: Any, log: Any = print) -> Any:
     for path in restore_kept(experiment):
         log(f"{path.parent.name}: its latest checkpoint was deleted after the search's state was saved; "
             f"continuing from the copy kept for this ({path.name})")  # fmt: skip
-    return tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, restart_errored=True)
+    return tune.Tuner.restore(storage.tune_path(experiment), trainable=trainable, resume_unfinished=True,
+                              restart_errored=True)  # fmt: skip
 
 
 def build_tuner(space: Any, setup: TrialSetup, refs: dict[str, Any], callbacks: tuple = ()) -> Any:
@@ -100,11 +137,19 @@ def build_tuner(space: Any, setup: TrialSetup, refs: dict[str, Any], callbacks: 
 
 
 def run_new(space: Any, setup: TrialSetup, data: dict[str, Any], experiment: Path, *, address: str | None = None,
-            log: Any = print) -> None:  # fmt: skip
-    """A new search in ``experiment`` (``<tune.storage_path>/<tune.name>``), run to its end."""
+            log: Any = print, before: Any = None) -> None:  # fmt: skip
+    """A new search in ``experiment`` (``<tune.storage_path>/<tune.name>``), run to its end; ``before()``
+    once Ray runs and the storage suits it (``check_for_cluster``), before the first trial."""
     with stop_on_sigint(log) as ctrl_c:
         with ray_session(address):
-            fit(build_tuner(space, setup, share(data)), ctrl_c, experiment)
+            storage.check_for_cluster(space.tune.storage_path, alive_nodes(), space.tune.storage_shared)
+            if before is not None:
+                before()
+            storage.push(experiment)
+            try:
+                fit(build_tuner(space, setup, share(data)), ctrl_c, experiment)
+            finally:
+                storage.pull(experiment)  # what Tune wrote to the storage, for the summary and the commands
         ctrl_c.check(experiment)
     drop_kept(experiment)  # only when it ended: an interrupted search's resume may need the kept copies
 
@@ -115,6 +160,7 @@ def run_restored(experiment: Path, space: Any, setup: TrialSetup, data: dict[str
     in the same folder when Tune saved none."""
     with stop_on_sigint(log) as ctrl_c:
         with ray_session(address, tune_loggers=tune_loggers and saved):
+            storage.check_for_cluster(space.tune.storage_path, alive_nodes(), space.tune.storage_shared)
             refs = share(data)
             if saved:
                 tuner = restore_tuner(experiment, build_trainable(setup, refs), log)
@@ -122,9 +168,10 @@ def run_restored(experiment: Path, space: Any, setup: TrialSetup, data: dict[str
                 log(f"{experiment}: the search was stopped before Tune saved its state; starting it from the "
                     "beginning")  # fmt: skip
                 forget(experiment)  # rung values of trials that will not come back
-                here = copy.copy(space)
-                here.tune = dataclasses.replace(space.tune, storage_path=str(experiment.parent), name=experiment.name)
-                tuner = build_tuner(here, setup, refs)
-            fit(tuner, ctrl_c, experiment)
+                tuner = build_tuner(space, setup, refs)
+            try:
+                fit(tuner, ctrl_c, experiment)
+            finally:
+                storage.pull(experiment)
         ctrl_c.check(experiment)
     drop_kept(experiment)

@@ -15,7 +15,7 @@ The parts, each in its own module:
 - ``smoke``: the smoke profile (``--smoke``);
 - ``sampler``: ``tune.sampler`` (the Optuna sampler, its options and the default rule);
   ``warm_start``: ``tune.warm_start`` (points as Optuna parameters, earlier search folders);
-  ``schedulers``: ``tune.scheduler``;
+  ``schedulers``: ``tune.scheduler``; ``trackers``: ``tune.trackers`` (TensorBoard, MLflow, W&B);
 - ``search.errors.SpaceError``: the one error, naming the file, the key path and what is allowed.
 
 Dependencies point down: ``search.space`` imports ``mtbert``'s public API (``validate``), its

@@ -54,6 +54,8 @@ from search.space.smoke import SMOKE_RUN, SMOKE_TUNE, is_smoke_key, shrink, shri
 from search.space.values import build, run_key_problem, set_values, value_at
 from search.space.warm_start import WarmPoint, point, read_entries
 from search.space.warm_start import describe as describe_warm
+from search.storage import HOW as STORAGE_HOW
+from search.storage import URI_SCHEMES, is_uri, join, local_path, shown
 
 __all__ = ["Dimension", "Space", "SpaceError", "TuneSettings", "detect_profile", "evaluations", "load_space"]
 
@@ -457,8 +459,14 @@ def _finish_settings(
             f"grace_period is {settings.grace_period}, but must be <= max_t ({max_t}{given})",
         )
     storage = settings.storage_path
-    if "://" not in storage:  # a URI (s3://...) is Ray's business; a folder is made absolute now
-        storage = str(Path(storage).expanduser().resolve())
+    if is_uri(storage):  # Ray's trials write there; a scheme pyarrow has no filesystem for is refused now
+        scheme = storage.split("://", 1)[0].lower()
+        if scheme not in URI_SCHEMES:
+            raise SpaceError(path, layers.sources.get("storage_path", "tune.storage_path"),
+                             f"storage_path is {storage!r}, whose scheme {scheme}:// no pyarrow filesystem opens; "
+                             f"allowed: {STORAGE_HOW}")  # fmt: skip
+    else:  # a folder is made absolute now
+        storage = str(Path(local_path(storage)).expanduser().resolve())
     name = settings.name or (path.stem + ("-smoke" if smoke else ""))
     return TuneSettings(**{**settings.__dict__, "max_t": max_t, "storage_path": storage, "name": name})
 
@@ -504,7 +512,7 @@ def _notes(space: Space, has_profile: bool, asked: bool, pinned: dict[str, str])
         "all": "every trial's best checkpoint is scored on the full dev sets, the best there is the search's best",
         "none": "no full-dev evaluation",
     }
-    lines.append(f"results: {Path(t.storage_path) / t.name}; after the search: {final[t.final_eval]}")
+    lines.append(f"results: {shown(join(t.storage_path, t.name)) if is_uri(t.storage_path) else Path(t.storage_path) / t.name}; after the search: {final[t.final_eval]}")
     return lines
 
 

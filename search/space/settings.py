@@ -27,6 +27,7 @@ from search.space.sampler import read_sampler
 from search.space.schedulers import SchedulerSettings
 from search.space.schedulers import check as check_scheduler
 from search.space.schedulers import merge as merge_scheduler
+from search.space.trackers import read_trackers
 
 FINAL_EVAL = ("best", "all", "none")
 
@@ -60,9 +61,10 @@ def number(minimum: float, strict: bool = False, optional: bool = False) -> Rule
     return rule
 
 
-def either(*choices: Any) -> Rule:
+def either(*choices: Any, boolean: bool = False) -> Rule:
     def rule(v: Any) -> str | None:
-        return None if v in choices and not isinstance(v, bool) else f"must be {' or '.join(map(str, choices))}"
+        ok = v in choices and isinstance(v, bool) == boolean
+        return None if ok else f"must be {' or '.join(str(c).lower() if boolean else str(c) for c in choices)}"
 
     return rule
 
@@ -76,6 +78,23 @@ def gpus(v: Any) -> str | None:
 
 def text(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "must be a non-empty string"
+
+
+STUDY_STORAGES = (
+    "sqlite (the default: <search folder>/study.db), sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DATABASE, "
+    "journal:PATH (an Optuna journal file), or null (no database: the study only in the searcher's saved state)"
+)
+
+
+def study_storage(v: Any) -> str | None:
+    """The form of ``tune.study_storage`` (``search.engine.study`` checks that it can be used)."""
+    if v is None or v in ("sqlite", "none"):
+        return None
+    if isinstance(v, str):
+        for scheme in ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "journal:"):
+            if v.startswith(scheme) and len(v) > len(scheme):
+                return None
+    return f"must be {STUDY_STORAGES}"
 
 
 def folder_name(v: Any) -> str | None:
@@ -107,13 +126,19 @@ class TuneSettings:
     seed: int = check(0, integer())  # the Optuna sampler's seed (each trial's own seed is train.seed)
     storage_path: str = check("results", text)  # made absolute against the current directory when read
     name: str | None = check(None, folder_name)  # the experiment folder under storage_path; null: the space file's stem
+    # A local storage_path that every node of a cluster mounts at the same path, on a file system the
+    # search does not recognise as shared (search.storage.SHARED_TYPES: NFS, EFS, Lustre, ...); on a
+    # cluster a local storage_path is refused unless it is on one of those, or this is true.
+    storage_shared: bool = check(False, either(True, False, boolean=True))
     # Retries of a failed trial, each from its last checkpoint. A failure is an exception in the
     # trial or the loss of its node (only an autoscaler's drain of a preempted node is not counted):
     # the default 2 lets a lost node's trials go on elsewhere, on a cluster of spot instances too. A
     # trial whose loss stops being finite ends itself (stop_reason) and is not retried.
     max_failures: int = check(2, integer(0))
     keep_checkpoints: int = check(1, either(1, 2))  # per trial: 1 keeps the best, 2 keeps the best and the last
-    eval_subset: int | None = check(None, integer(1, optional=True))  # dev rows per task in the evaluations (data.max_eval_per_task)
+    eval_subset: int | None = check(
+        None, integer(1, optional=True)
+    )  # dev rows per task in the evaluations (data.max_eval_per_task)
     # After the search: "best" scores the best trial's checkpoint on the full dev sets and writes
     # its predictions, "all" lets every trial do so itself (train.final_eval), "none" skips it.
     final_eval: str = check("best", either(*FINAL_EVAL))
@@ -129,6 +154,13 @@ class TuneSettings:
     # What the search starts from (search.space.warm_start): base, mappings of values, run-config or
     # space files (points: the first trials, in order), earlier searches' folders (their trials join the study).
     warm_start: list[Any] | None = None
+    # Where the Optuna study is kept, written as trials report, for optuna.load_study and 'mtbert-search
+    # dashboard' while the search runs (search.engine.study): sqlite (the search folder's study.db),
+    # sqlite:///PATH, postgresql://..., journal:PATH, or null (only in the searcher's saved state).
+    study_storage: str | None = check("sqlite", study_storage)
+    # Where trials are logged as they run (search.space.trackers): tensorboard, mlflow, wandb, each a
+    # name or {kind: ..., options}; null: [tensorboard]. Read into [{"kind": ..., options}, ...].
+    trackers: list[dict[str, Any]] | None = None
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TuneSettings))
@@ -218,14 +250,15 @@ def build_settings(layers: TuneLayers, path: Path, extra_sst: bool) -> TuneSetti
             allowed = metrics(extra_sst)
             if value not in allowed:
                 hint = " (cfimdb_acc needs data.extra_sst)" if value == "cfimdb_acc" else did_you_mean(value, allowed)
-                raise SpaceError(
-                    path, where, f"metric is {show(value)}{hint}, but {one_of(allowed)}"
-                )
+                raise SpaceError(path, where, f"metric is {show(value)}{hint}, but {one_of(allowed)}")
             continue
         if key == "scheduler":
             continue
         if key == "sampler":
             checked[key] = read_sampler(value, where, path)
+            continue
+        if key == "trackers":
+            checked[key] = read_trackers(value, where, path)
             continue
         if key == "warm_start":  # the entries are read with the dimensions (search.space.warm_start)
             if value is not None and not isinstance(value, list):

@@ -88,11 +88,19 @@ def test_linked_copies_share_files_and_drop_kept_leaves_the_checkpoints(tmp_path
     assert sorted(p.name for p in trial_dir.iterdir()) == ["checkpoint_000005", "checkpoint_000006"]
 
 
-def test_checkpoints_off_the_local_file_system_are_left_to_tune(tmp_path):
-    class Remote:
-        type_name = "s3"
-
-    trial = FakeTrial(FakeCheckpoint(str(tmp_path / "checkpoint_000000"), Remote()))
-    (tmp_path / "checkpoint_000000").mkdir()
-    KeepRestorable().on_checkpoint(iteration=0, trials=[trial], trial=trial, checkpoint=None)
-    assert list(tmp_path.glob(f"{PREFIX}*")) == []
+def test_checkpoints_on_other_storage_are_kept_by_a_copy_the_storage_makes(tmp_path):
+    # a pyarrow filesystem that is not the local one (as s3:// is), here over a folder: the kept copy
+    # is made through the filesystem (S3: a copy the server makes), the older one dropped
+    fs = pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem())
+    trial_dir = tmp_path / "trial_a"
+    for index in (0, 1):
+        (trial_dir / f"checkpoint_00000{index}").mkdir(parents=True)
+        (trial_dir / f"checkpoint_00000{index}" / "heads.safetensors").write_bytes(bytes([index]) * 8)
+    callback = KeepRestorable()
+    trial = FakeTrial(FakeCheckpoint("trial_a/checkpoint_000000", fs))
+    callback.on_checkpoint(iteration=0, trials=[trial], trial=trial, checkpoint=None)
+    assert (trial_dir / f"{PREFIX}checkpoint_000000" / "heads.safetensors").read_bytes() == bytes([0]) * 8
+    trial = FakeTrial(FakeCheckpoint("trial_a/checkpoint_000001", fs))
+    callback.on_checkpoint(iteration=1, trials=[trial], trial=trial, checkpoint=None)
+    assert sorted(p.name for p in trial_dir.glob(f"{PREFIX}*")) == [f"{PREFIX}checkpoint_000001"]
+    assert (trial_dir / f"{PREFIX}checkpoint_000001" / "heads.safetensors").read_bytes() == bytes([1]) * 8
