@@ -30,6 +30,7 @@ from typing import Any
 from ray.tune.logger import LoggerCallback
 
 from mtbert.evaluate import is_score, strict_json
+from search import storage
 from search.engine.rungs import experiment_location
 from search.engine.tensorboard import STEP_KEY, pbt_values, scalars, trial_settings
 from search.engine.tracker_runs import KINDS, Tracker
@@ -38,16 +39,21 @@ TRACKERS_FILE = "trackers.json"
 CHECKPOINT_KEY = "checkpoint_dir_name"  # in a result that came with a checkpoint (Tune's)
 
 
-def folders_of(trial: Any) -> list[Path]:
-    """Where ``trackers.json`` is written: the search folder (with local storage), then the driver's
-    staging copy of it (``rungs.experiment_location``). The staging copy because Tune uploads it over
-    the search folder with each state it saves (a file only in the folder would be overwritten by a
-    stale copy); the folder too because the ids must outlive a kill before Tune's first save."""
+def folders_of(trial: Any, space: Any) -> list[Path]:
+    """Where ``trackers.json`` is written: the search folder (with local storage; with a URI, its
+    working copy on this machine, which ``search.storage`` sends up), then the driver's staging copy
+    of it (``rungs.experiment_location``). The staging copy because Tune uploads it over the search
+    folder with each state it saves (a file only in the folder would be overwritten by a stale copy);
+    the folder too because the ids must outlive a kill before Tune's first save. The first is where
+    MLflow's default store goes, and names the parent run."""
     import ray
 
     staging = [experiment_location(trial)] if ray.is_initialized() else []
-    storage = trial.storage
-    return [Path(storage.experiment_fs_path), *staging] if storage.storage_filesystem.type_name == "local" else staging
+    where = trial.storage
+    if where.storage_filesystem.type_name == "local":
+        return [Path(where.experiment_fs_path), *staging]
+    t = space.tune
+    return [storage.folder_at(t.storage_path, t.name), *staging]
 
 
 def read_ids(folder: Path) -> dict[str, Any]:
@@ -133,7 +139,7 @@ class TrackersCallback(LoggerCallback):
     def _started(self, trial: Any) -> _Live:
         """The parent runs, at the first trial the driver sees (the folder is known from it)."""
         if self._live is None:
-            copies = folders_of(trial)
+            copies = folders_of(trial, self._space)
             ids, opened = open_trackers(self._trackers, copies[0])
             self._live = _Live(copies, ids, opened)
             self._each(self._live, "start_search", copies[0].name, search_params(self._space), save=True)

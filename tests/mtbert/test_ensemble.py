@@ -306,6 +306,7 @@ def test_ensemble_of_a_search(small_search, data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_ensemble_with_retrained_seeds(small_search, data_dir):
     from helpers import trial_rows
 

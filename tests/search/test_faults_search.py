@@ -449,6 +449,7 @@ def contended(data_dir, token_cache, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_two_searches_at_once_get_a_folder_each_and_the_first_finishes(contended):
     from search.results import load_results
 
@@ -465,6 +466,7 @@ def test_two_searches_at_once_get_a_folder_each_and_the_first_finishes(contended
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_second_driver_is_refused_while_readers_work(contended):
     assert contended["first_running_at_checks"]
     holders = {"resume_refused": contended["pids"][0], "ensemble_refused": contended["ensemble_holder"]}
@@ -495,6 +497,7 @@ def assert_interrupted(out: subprocess.CompletedProcess, experiment: Path, files
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_ctrl_c_stops_the_search_saves_it_and_says_how_to_go_on(contended):
     second = contended["second"]
     assert_interrupted(contended["interrupted"], second, contended["files_interrupted"])
@@ -506,6 +509,7 @@ def test_ctrl_c_stops_the_search_saves_it_and_says_how_to_go_on(contended):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_killed_at_wrap_up_then_status_and_resume_give_the_whole_search(contended):
     from search.engine.searcher import load_searcher
     from search.results import load_results

@@ -93,6 +93,7 @@ def kinds(results) -> dict[str, list]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_trials_spread_over_the_nodes_into_one_storage_path(faults, cluster):
     from search.results import load_results
 
@@ -114,6 +115,7 @@ def test_trials_spread_over_the_nodes_into_one_storage_path(faults, cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_trial_that_raises_is_retried_then_reported_with_its_error(faults):
     from search.engine.searcher import load_searcher
     from search.results import load_results
@@ -135,6 +137,7 @@ def test_a_trial_that_raises_is_retried_then_reported_with_its_error(faults):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_non_finite_loss_ends_its_trial_with_the_reason(faults):
     from search.engine.searcher import load_searcher
     from search.results import load_results
@@ -171,6 +174,7 @@ def test_a_non_finite_loss_ends_its_trial_with_the_reason(faults):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_resume_on_the_cluster_after_the_driver_is_killed(cluster, data_dir, token_cache, tmp_path):
     from search.engine.searcher import load_searcher
     from search.results import load_results
@@ -214,6 +218,7 @@ def run_watching(logs: Path, node_id: str, cluster, *args: str) -> tuple[subproc
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_fractional_gpus_pack_trials_on_one_gpu(cluster, data_dir, token_cache, tmp_path):
     from search.results import load_results
 
@@ -260,6 +265,7 @@ def test_fractional_gpus_pack_trials_on_one_gpu(cluster, data_dir, token_cache, 
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_lost_nodes_trials_go_on_from_their_checkpoints_on_another_node(cluster, data_dir, token_cache, tmp_path):
     from search.results import load_results
 

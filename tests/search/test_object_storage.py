@@ -167,6 +167,7 @@ def s3_search(s3_cluster, s3_server, data_dir, token_cache, tmp_path_factory):
     uri = f"s3://{BUCKET}/searches/remote"
     space = write_space(tmp, data_dir, token_cache, "remote", storage=f"s3://{BUCKET}/searches", steps=24,
                         num_samples=4, grace=2, final_eval="best")  # fmt: skip
+    space.write_text(space.read_text() + "  trackers: [tensorboard, mlflow]\n")  # MLflow's store in the search folder
 
     def checkpointed() -> bool:
         objects = stored(s3_server, "searches/remote")
@@ -189,7 +190,8 @@ def s3_search(s3_cluster, s3_server, data_dir, token_cache, tmp_path_factory):
 def test_the_search_and_its_resume_keep_everything_on_the_storage(s3_search, s3_server, s3_cluster):
     objects = stored(s3_server, "searches/remote")
     # what was stored at the kill is still there; the search's own files too
-    assert {"space.yaml", "search.json", "study.db", "summary.json", "tuner.pkl"} <= set(objects)
+    assert {"space.yaml", "search.json", "study.db", "summary.json", "tuner.pkl", "trackers.json", "mlflow.db"} <= set(
+        objects)  # fmt: skip
     # the search's 4 trials (a trial the kill caught before Tune saved it may leave a folder too)
     status = cli("status", s3_search["uri"], "--format", "csv", cwd=s3_search["tmp"])
     trials = {f"trial_{line.split(',')[0]}" for line in status.stdout.splitlines()[1:] if line.strip()}
@@ -201,6 +203,23 @@ def test_the_search_and_its_resume_keep_everything_on_the_storage(s3_search, s3_
         assert any(k.startswith(f"{trial}/checkpoint_") and k.endswith("heads.safetensors") for k in objects)
         nodes |= {json.loads(line)["node_id"] for line in (folder / trial / "result.json").read_text().splitlines()}
     assert nodes == {n.node_id for n in s3_cluster.worker_nodes}  # both workers, never the head
+
+    # MLflow (tune.trackers), read back through its own client from the store the search kept: one
+    # parent run across the kill, one child per trial with every evaluation at its global step
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("remote").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(f"trial_{c.data.tags['mtbert.trial_id']}" for c in children) == sorted(trials)
+    for c in children:
+        rows = [json.loads(line) for line in (folder / f"trial_{c.data.tags['mtbert.trial_id']}" / "result.json")
+                .read_text().splitlines()]  # fmt: skip
+        # (a trial that went on from a checkpoint logs the steps after it again: compared as sets)
+        assert {m.step for m in client.get_metric_history(c.info.run_id, "dev/overall")} == {r["step"] for r in rows}
+    assert parents[0].data.tags["best_checkpoint"] == s3_search["summary"]["best"]["checkpoint"]
     assert s3_search["summary"]["best"]["checkpoint"].startswith(os.environ[storage.CACHE_ENV])
     assert "resume s3://mtbert/searches/remote" in s3_search["killed_stderr"] or "watch it: mtbert-search sync" in (
         s3_search["killed_stderr"])  # fmt: skip

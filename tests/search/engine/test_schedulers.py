@@ -182,6 +182,7 @@ def pbt_run(data_dir, token_cache, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_fifo_stops_no_trial(fifo_run):
     summary = fifo_run["summary"]
     assert summary["trials"] == 2 and summary["trial_states"] == {"complete": 2}
@@ -190,6 +191,7 @@ def test_fifo_stops_no_trial(fifo_run):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_hyperband_stops_by_its_brackets(hyperband_run):
     from search.results import load_results
 
