@@ -534,6 +534,7 @@ def test_killed_at_wrap_up_then_status_and_resume_give_the_whole_search(contende
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_ctrl_c_before_tune_saved_anything_then_resume_runs_the_search(data_dir, token_cache, tmp_path):
     from search.results import load_results
 

@@ -24,6 +24,7 @@ def evaluations(experiment) -> list[tuple]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_labels_planted_in_the_report_half_change_no_choice_of_a_search(data_dir, token_cache, tmp_path):
     """Two searches that differ only in the report half's dev labels (turned around in the second):
     the same trials, the same evaluations, the same final pick; only the report half's scores differ."""

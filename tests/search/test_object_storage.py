@@ -213,8 +213,9 @@ def test_the_search_and_its_resume_keep_everything_on_the_storage(s3_search, s3_
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(f"trial_{c.data.tags['mtbert.trial_id']}" for c in children) == sorted(trials)
-    for c in children:
+    # a child per trial (and one for a trial the kill caught before Tune saved it, if it logged)
+    assert {f"trial_{c.data.tags['mtbert.trial_id']}" for c in children} >= trials
+    for c in [c for c in children if f"trial_{c.data.tags['mtbert.trial_id']}" in trials]:
         rows = [json.loads(line) for line in (folder / f"trial_{c.data.tags['mtbert.trial_id']}" / "result.json")
                 .read_text().splitlines()]  # fmt: skip
         # (a trial that went on from a checkpoint logs the steps after it again: compared as sets)
