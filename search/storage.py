@@ -146,6 +146,15 @@ def _listing(fs: Any, root: str) -> dict[str, Any]:
     return {f.path[len(root) :].lstrip("/"): f for f in found if f.type == pyarrow.fs.FileType.File}
 
 
+def _stored(uri: str) -> tuple[Any, str, dict[str, Any]]:
+    """The filesystem and path of ``uri``, and the files stored under it (``_listing``)."""
+    fs, root = open_uri(uri)
+    try:
+        return fs, root, _listing(fs, root)
+    except OSError as e:
+        raise _io_error(uri, "list the search folder", e) from None
+
+
 def _io_error(uri: str, what: str, e: Exception) -> SearchError:
     return SearchError(f"{shown(uri)}: cannot {what} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                        "check the storage's address, the credentials (AWS_ACCESS_KEY_ID, an instance profile, ...) "
@@ -159,11 +168,7 @@ def pull(folder: Path, checkpoints: bool | Iterable[str] = False) -> None:
     uri = remote_of(folder)
     if uri is None:
         return
-    fs, root = open_uri(uri)
-    try:
-        files = _listing(fs, root)
-    except OSError as e:
-        raise _io_error(uri, "list the search folder", e) from None
+    fs, _, files = _stored(uri)
     if not files:
         raise SearchError(f"{shown(uri)} holds no search (nothing is stored there); give a search folder, "
                           "<tune.storage_path>/<tune.name>")  # fmt: skip
@@ -226,9 +231,8 @@ def push(folder: Path) -> None:
     uri = remote_of(folder)
     if uri is None:
         return
-    fs, root = open_uri(uri)
+    fs, root, stored = _stored(uri)
     try:
-        stored = _listing(fs, root)
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             relative = path.relative_to(folder).as_posix()
             if relative in LOCAL_ONLY or _is_checkpoint(relative) or path.name.endswith(".part"):
@@ -244,11 +248,7 @@ def push(folder: Path) -> None:
 
 def holds_files(uri: str) -> bool:
     """Whether anything is stored under ``uri``."""
-    fs, root = open_uri(uri)
-    try:
-        return bool(_listing(fs, root))
-    except OSError as e:
-        raise _io_error(uri, "list the search folder", e) from None
+    return bool(_stored(uri)[2])
 
 
 def check_writable(uri: str, key: str = "tune.storage_path") -> None:

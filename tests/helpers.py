@@ -433,3 +433,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_cluster():
+    """A ``ray.cluster_utils.Cluster``: a head with no CPUs for trials and two worker nodes of one CPU
+    each, every node started with this process's environment; the caller shuts it down."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            c.add_node(num_cpus=1)
+        c.wait_for_nodes(timeout=120)
+    except BaseException:
+        c.shutdown()
+        raise
+    return c

@@ -51,13 +51,8 @@ def describe(results) -> list:
 @pytest.fixture(scope="module")
 def cluster():
     """A head with no CPUs and two worker nodes of one CPU each."""
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    c = helpers.start_cluster()
     try:
-        for _ in range(2):
-            c.add_node(num_cpus=1)
-        c.wait_for_nodes(timeout=120)
         yield c
     finally:
         c.shutdown()

@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+import helpers
 import pyarrow.fs
 import pytest
 from helpers import Search, cli, write_space
@@ -134,13 +135,8 @@ def test_a_search_refuses_storage_it_cannot_write_before_any_work(s3_server, dat
 def s3_cluster(s3_server):
     """A head with no CPUs and two worker nodes of one CPU each, started once the S3 server's
     address and credentials are in the environment the nodes inherit."""
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    c = helpers.start_cluster()
     try:
-        for _ in range(2):
-            c.add_node(num_cpus=1)
-        c.wait_for_nodes(timeout=120)
         yield c
     finally:
         c.shutdown()
